@@ -1,0 +1,85 @@
+"""`mtl`: run, validate and promote from the command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from flows.config import REFUSED, check_config, load_config
+
+
+def _quiet_defaults() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from data_prep.ingest import ingest_task
+
+    config = load_config(args.config)
+    check_config(config, args.config)
+    for task in config.tasks:
+        data = ingest_task(task, config.resolved_data_dir())
+        counts = ", ".join(f"{split} {len(ex)}" for split, ex in data.splits.items())
+        print(f"{task.name}: {task.type}, {len(data.labels)} labels, {counts}")
+    print(f"{args.config}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    check_config(config, args.config)  # before a Prefect server is even started
+    from flows.retrain import retrain
+
+    summary = retrain(config)
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.summary:
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(text)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from flows.promote import promote
+
+    print(json.dumps(promote(args.model_name, args.version, args.alias, args.tracking_uri, args.state_dir),
+                     indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtl", description="Multi-task NLP training pipeline")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the retrain flow locally")
+    run.add_argument("config")
+    run.add_argument("--summary", help="write a JSON summary of the registered model here")
+    run.set_defaults(func=cmd_run)
+    val = sub.add_parser("validate", help="check config and data without training")
+    val.add_argument("config")
+    val.set_defaults(func=cmd_validate)
+    pro = sub.add_parser("promote", help="point the champion alias at a model version (promote or roll back)")
+    pro.add_argument("model_name")
+    pro.add_argument("version")
+    pro.add_argument("--alias", default="champion")
+    pro.add_argument("--tracking-uri", default=None)
+    pro.add_argument("--state-dir", default=".mtl")
+    pro.set_defaults(func=cmd_promote)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_defaults()
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except REFUSED as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

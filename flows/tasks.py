@@ -1,0 +1,114 @@
+"""Prefect task wrappers: small, typed, retried; refused input is never retried."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from data_prep.config import TaskDataConfig
+from data_prep.stage import atomic_write_text, ingest_to, tokenize_to
+from flows.config import REFUSED, PipelineConfig, check_config
+from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
+from training.model import resolve_encoder_path
+from training.registry import default_artifact_root, promote_if_better, register_model, tracking_uri
+from training.run import evaluate_model, train_model
+from training.tasks import TaskSpec
+
+
+def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
+    """Bad config or bad data does not get better on retry; anything else may."""
+    try:
+        state.result()
+    except REFUSED:
+        return False
+    except Exception:  # noqa: BLE001 - any other failure is worth another try
+        return True
+    return True
+
+
+TASK_DEFAULTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused,
+                                     cache_policy=NO_CACHE)
+
+
+@task(name="prepare-run", **TASK_DEFAULTS)
+def prepare_run(config: PipelineConfig) -> str:
+    """Check the config (and that every file exists), make the run folder, save the resolved config."""
+    check_config(config)
+    run_id = flow_run.get_id() or "local"
+    run_dir = Path(config.storage.root).resolve() / "runs" / f"{config.name}-{run_id}"
+    resolved = config.model_dump(mode="json")
+    resolved["data_dir"] = config.resolved_data_dir()
+    atomic_write_text(run_dir / "config.resolved.json", json.dumps(resolved, indent=2))
+    get_run_logger().info("run folder: %s", run_dir)
+    return str(run_dir)
+
+
+@task(name="ingest", **TASK_DEFAULTS)
+def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str) -> dict[str, dict[str, Any]]:
+    out = {t.name: ingest_to(t, data_dir, Path(run_dir) / "data") for t in tasks}
+    rows = [{"task": n, "labels": len(r["labels"]), **r["counts"]} for n, r in out.items()]
+    create_table_artifact(rows, key="ingest-counts", description="examples per task and split")
+    return out
+
+
+@task(name="tokenize", **TASK_DEFAULTS)
+def tokenize(tasks: list[TaskDataConfig], ingested: dict[str, dict[str, Any]], encoder: EncoderConfig,
+             run_dir: str) -> dict[str, dict[str, Any]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(encoder.name_or_path))
+    out = {t.name: tokenize_to(t, ingested[t.name], tokenizer, encoder.max_length, Path(run_dir) / "data")
+           for t in tasks}
+    rows = [{k: v for k, v in r.items() if k != "features"} for r in out.values()]
+    create_table_artifact(rows, key="tokenize-stats", description="tokenized training inputs per task")
+    return out
+
+
+@task(name="train", **TASK_DEFAULTS)
+def train(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig, specs: list[TaskSpec],
+          features: dict[str, str], run_dir: str) -> str:
+    logger = get_run_logger()
+    return train_model(encoder, training, deepspeed, specs, features, run_dir, logger.info)
+
+
+@task(name="evaluate", **TASK_DEFAULTS)
+def evaluate(export_dir: str, specs: list[TaskSpec], dev_files: dict[str, str],
+             batch_size: int) -> dict[str, dict[str, float]]:
+    metrics = evaluate_model(export_dir, specs, dev_files, batch_size)
+    rows = [{"task": t, **{k: round(v, 4) for k, v in m.items()}} for t, m in metrics.items()]
+    create_table_artifact(rows, key="dev-metrics", description="dev metrics of the trained model")
+    get_run_logger().info("dev metrics: %s", json.dumps(metrics))
+    return metrics
+
+
+@task(name="register", **TASK_DEFAULTS)
+def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str, run_dir: str,
+             export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+    uri = tracking_uri(registry, state_dir)
+    artifacts = {name: str(Path(run_dir) / file) for name, file in
+                 (("config", "config.resolved.json"), ("training", "train_metrics.jsonl"))
+                 if (Path(run_dir) / file).exists()}
+    registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name, export_dir, params, metrics,
+                                artifacts, promotion.challenger_alias)
+    get_run_logger().info("registered %s version %s", registered.model_name, registered.version)
+    return registered.__dict__
+
+
+@task(name="promote", **TASK_DEFAULTS)
+def promote(registered: dict[str, Any], specs: list[TaskSpec], promotion: PromotionConfig) -> dict[str, Any]:
+    logger = get_run_logger()
+    if not promotion.enabled:
+        return {"promoted": False, "reasons": ["promotion disabled in config"]}
+    primary = {s.name: s.primary_metric for s in specs}
+    promoted, reasons = promote_if_better(registered["tracking_uri"], registered["model_name"],
+                                          registered["version"], primary, promotion)
+    verdict = "promoted to " + promotion.alias if promoted else "kept as challenger: " + "; ".join(reasons)
+    logger.info("version %s %s", registered["version"], verdict)
+    create_markdown_artifact(f"**{registered['model_name']} v{registered['version']}**: {verdict}",
+                             key="promotion")
+    return {"promoted": promoted, "reasons": reasons}

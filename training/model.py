@@ -1,0 +1,84 @@
+"""The multi-task model: a shared encoder (through a sharing strategy) and one head per task.
+Knows nothing of DeepSpeed."""
+from __future__ import annotations
+
+import importlib
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModel, PretrainedConfig
+
+from training.heads import HEADS, token_level
+from training.registries import lookup
+from training.sharing import SHARING
+from training.tasks import TaskSpec
+
+IGNORE = -100
+
+
+def resolve_encoder_path(name_or_path: str) -> str:
+    """`python:module.ATTR` names a folder shipped inside an installed package."""
+    if name_or_path.startswith("python:"):
+        module, _, attr = name_or_path[len("python:"):].rpartition(".")
+        return str(getattr(importlib.import_module(module), attr))
+    return name_or_path
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], sharing: str = "hard",
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.tasks = {t.name: t for t in tasks}
+        hidden = encoder.config.hidden_size
+        self.sharing = lookup(SHARING, sharing, "sharing strategy")(encoder, tasks)
+        self.heads = nn.ModuleDict({t.name: HEADS[t.type](hidden, t.num_labels, dropout) for t in tasks})
+
+    @property
+    def encoder_config(self) -> PretrainedConfig:
+        return self.sharing.encoder.config
+
+    def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        features, aux = self.sharing(task, input_ids, attention_mask, token_type_ids)
+        logits = self.heads[task](features, attention_mask)
+        if labels is None:
+            return None, logits
+        loss = task_loss(self.tasks[task].type, logits, labels)
+        return (loss + aux if aux is not None else loss), logits
+
+    @torch.no_grad()
+    def predict_logits(self, tasks: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Logits for several tasks from one shared pass (as few encoder passes as the strategy allows)."""
+        features = self.sharing.shared_pass(tasks, input_ids, attention_mask, token_type_ids)
+        return {t: self.heads[t](features[t], attention_mask) for t in tasks}
+
+
+def task_loss(task_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if token_level(task_type):
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
+    return F.cross_entropy(logits.float(), labels)
+
+
+def build_model(encoder_path: str, tasks: list[TaskSpec], sharing: str, dropout: float) -> MultiTaskModel:
+    """A model whose encoder starts from pretrained weights and whose heads are fresh."""
+    encoder = AutoModel.from_pretrained(resolve_encoder_path(encoder_path))
+    return MultiTaskModel(_without_pooler(encoder), tasks, sharing, dropout)
+
+
+def build_model_skeleton(encoder_config_dir: str | os.PathLike, tasks: list[TaskSpec], sharing: str,
+                         dropout: float) -> MultiTaskModel:
+    """A model with the architecture only (weights come from an exported state dict)."""
+    config = AutoConfig.from_pretrained(str(encoder_config_dir))
+    encoder = AutoModel.from_config(config)
+    return MultiTaskModel(_without_pooler(encoder), tasks, sharing, dropout)
+
+
+def _without_pooler(encoder: nn.Module) -> nn.Module:
+    """Heads pool for themselves; an unused pooler would only be dead weight in every checkpoint."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder

@@ -1,0 +1,55 @@
+"""The train and evaluate steps, as the flow's tasks call them."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from data_prep.stage import atomic_write_text, read_examples
+from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
+from training.evaluate import evaluate_task
+from training.export import CARD
+from training.launcher import free_port, launch_command, run_launcher
+from training.predict import Predictor
+from training.tasks import TaskSpec
+from training.worker import WorkerSpec
+
+
+def launcher_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not torch.cuda.is_available():
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    return env
+
+
+def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig,
+                tasks: list[TaskSpec], features: dict[str, str], run_dir: str | Path,
+                log: Callable[[str], None]) -> str:
+    """Launch distributed training; resume from the newest checkpoint of this run if there is one.
+    Returns the exported model folder."""
+    run = Path(run_dir)
+    export_dir = run / "model"
+    if (export_dir / CARD).is_file():
+        log(f"model already exported at {export_dir}; nothing to train")
+        return str(export_dir)
+    spec = WorkerSpec(encoder=encoder, training=training, deepspeed=deepspeed, tasks=tasks, features=features,
+                      checkpoint_dir=str(run / "checkpoints"), export_dir=str(export_dir),
+                      metrics_file=str(run / "train_metrics.jsonl"))
+    spec_path = run / "train_spec.json"
+    atomic_write_text(spec_path, spec.model_dump_json(indent=2))
+    cmd = launch_command(training, str(spec_path), free_port())
+    log("launching: " + " ".join(cmd))
+    run_launcher(cmd, launcher_env(), training.timeout_s, log)
+    if not (export_dir / CARD).is_file():
+        raise RuntimeError(f"training finished but wrote no model to {export_dir}")
+    return str(export_dir)
+
+
+def evaluate_model(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
+                   batch_size: int) -> dict[str, dict[str, float]]:
+    predictor = Predictor(export_dir, batch_size=batch_size)
+    return {t.name: evaluate_task(predictor, t, read_examples(dev_files[t.name])) for t in tasks}
