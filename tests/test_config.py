@@ -35,7 +35,7 @@ def test_unknown_registry_names_and_duplicates(data_dir):
     with pytest.raises(ConfigError) as err:
         check_config(parse_config(raw))
     text = str(err.value)
-    assert "training.sampler: unknown sampler 'magic'; valid: ['proportional']" in text
+    assert "training.sampler: unknown sampler 'magic'; valid: ['annealed', 'proportional', 'round_robin', 'temperature', 'uniform']" in text
     assert "task name 'pos' is used more than once" in text
 
 

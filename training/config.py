@@ -30,7 +30,11 @@ class TrainingConfig(BaseModel):
     nodes: int = Field(1, ge=1)
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
     sharing: str = Field("hard", description="sharing strategy name")
-    sampler: str = Field("proportional", description="task sampler name")
+    sampler: str = Field("proportional", description="task sampler name: proportional, temperature, annealed, "
+                                                      "uniform, round_robin")
+    sampler_temperature: float = Field(2.0, gt=0, description="tau of the temperature sampler: p ~ size^(1/tau)")
+    sampler_final_alpha: float = Field(0.0, ge=0, le=1, description="annealed sampler: p ~ size^alpha, alpha "
+                                       "falling from 1 to this over training (0 = uniform)")
     weighting: str = Field("equal", description="loss weighting name")
     checkpoint_every: int = Field(200, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)

@@ -91,7 +91,10 @@ def train(spec: WorkerSpec) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(spec.encoder.name_or_path))
     data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
                        rank, world, cfg.seed, tokenizer.pad_token_id)
-    sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(data.sizes(), cfg.seed)
+    gas = spec.deepspeed.gradient_accumulation_steps
+    sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
+        data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
+        final_alpha=cfg.sampler_final_alpha)
     weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features))
     model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout)
     engine = Engine(model, spec.deepspeed, cfg)
@@ -107,7 +110,6 @@ def train(spec: WorkerSpec) -> None:
         log.truncate_after(step)
         if rank == 0:
             print(f"resumed from checkpoint at step {step}", flush=True)
-    gas = spec.deepspeed.gradient_accumulation_steps
     engine.train()
     started = time.time()
     try:
