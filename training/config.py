@@ -35,6 +35,9 @@ class TrainingConfig(BaseModel):
     sampler_temperature: float = Field(2.0, gt=0, description="tau of the temperature sampler: p ~ size^(1/tau)")
     sampler_final_alpha: float = Field(0.0, ge=0, le=1, description="annealed sampler: p ~ size^alpha, alpha "
                                        "falling from 1 to this over training (0 = uniform)")
+    group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
+    length_bucket_batches: int = Field(64, ge=1, description="global batches per length-sorted bucket; larger "
+                                       "buckets pad less but make batch composition less random")
     weighting: str = Field("equal", description="loss weighting name")
     checkpoint_every: int = Field(200, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)

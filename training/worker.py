@@ -90,7 +90,8 @@ def train(spec: WorkerSpec) -> None:
     random.seed(cfg.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(spec.encoder.name_or_path))
     data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
-                       rank, world, cfg.seed, tokenizer.pad_token_id)
+                       rank, world, cfg.seed, tokenizer.pad_token_id, cfg.group_by_length,
+                       cfg.length_bucket_batches)
     gas = spec.deepspeed.gradient_accumulation_steps
     sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
         data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
@@ -111,20 +112,27 @@ def train(spec: WorkerSpec) -> None:
         if rank == 0:
             print(f"resumed from checkpoint at step {step}", flush=True)
     engine.train()
-    started = time.time()
+    started = window_start = time.time()
+    real = processed = 0  # this rank's tokens since the last log line: throughput and padding
     try:
         while step < cfg.steps:
             for micro in range(gas):
                 task = sampler.sample(step * gas + micro)
-                loss = engine.train_micro_step(task, data.next(task), weighting.weight(task))
+                batch = data.next(task)
+                real, processed = real + int(batch["attention_mask"].sum()), processed + batch["attention_mask"].numel()
+                loss = engine.train_micro_step(task, batch, weighting.weight(task))
                 weighting.observe(task, loss)
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.time()
                 row = {"step": step, "task": task, "loss": loss, "lr": engine.lr(),
-                       "elapsed_s": round(time.time() - started, 2)}
+                       "elapsed_s": round(now - started, 2), "window_s": round(now - window_start, 4),
+                       "tokens": processed * world, "real_tokens": real * world,
+                       "padding_efficiency": round(real / processed, 4)}
                 log.write(row)
                 if rank == 0:
                     print(json.dumps(row), flush=True)
+                window_start, real, processed = now, 0, 0
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 client = {"step": step, "batches": data.state_dict(), "weighting": weighting.state_dict()}
                 engine.save(spec.checkpoint_dir, step, client, rank_state(), cfg.keep_checkpoints)
