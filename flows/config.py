@@ -16,7 +16,7 @@ from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
 from training.config import (DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig,
-                             TrainingConfig)
+                             TrainingConfig, deepspeed_problems, training_problems)
 from training.registries import lookup
 from training.sampling import SAMPLERS
 from training.sharing import SHARING
@@ -97,8 +97,7 @@ def semantic_problems(cfg: PipelineConfig) -> list[str]:
     names = [t.name for t in cfg.tasks]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: task name {dup!r} is used more than once; names must be unique")
-    if cfg.deepspeed.config_file and not Path(cfg.deepspeed.config_file).is_file():
-        problems.append(f"deepspeed.config_file: {cfg.deepspeed.config_file} not found")
+    problems += deepspeed_problems(cfg.deepspeed) + training_problems(cfg.training)
     issues = IssueCollector()
     for index, task in enumerate(cfg.tasks):
         check_task_config(task, cfg.resolved_data_dir(), issues)

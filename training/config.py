@@ -1,7 +1,9 @@
 """Sub-configs consumed by training. The root config that composes them lives in `flows/`."""
 from __future__ import annotations
 
-from typing import Literal
+import json
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +31,18 @@ class TrainingConfig(BaseModel):
     processes: int = Field(2, ge=1, description="processes per node")
     nodes: int = Field(1, ge=1)
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
+    node_rank: int = Field(0, ge=0, description="this node's rank when each node runs its own launcher")
+    master_addr: str = Field("127.0.0.1", description="address of node 0, reachable from every node")
+    master_port: int | None = Field(None, ge=1, le=65535,
+                                    description="rendezvous port; required with nodes > 1, a free one otherwise")
+    hostfile: str | None = Field(None, description="DeepSpeed hostfile; with multi_node_launch=ssh the launcher "
+                                 "on node 0 starts every node over ssh (pdsh)")
+    multi_node_launch: Literal["per_node", "ssh"] = Field(
+        "per_node", description="per_node: every node runs its own launcher (--no_ssh, node_rank); "
+                                "ssh: node 0 starts all nodes listed in the hostfile")
+    checkpoint_uri: str | None = Field(
+        None, description="local folder or s3://bucket/prefix; a run's checkpoints go under <uri>/<run name>. "
+                          "Default: the run folder. Several nodes need a shared folder or s3://")
     sharing: str = Field("hard", description="sharing strategy name")
     sampler: str = Field("proportional", description="task sampler name: proportional, temperature, annealed, "
                                                       "uniform, round_robin")
@@ -56,7 +70,70 @@ class DeepSpeedConfig(BaseModel):
     gradient_clipping: float = Field(1.0, ge=0)
     offload_optimizer: bool = False
     offload_params: bool = False
-    config_file: str | None = Field(None, description="a DeepSpeed JSON (e.g. infra/deepspeed/zero3.json) to start from")
+    config_file: str | None = Field(
+        None, description="a DeepSpeed JSON (e.g. infra/deepspeed/zero3.json) to start from: its stage, precision "
+                          "and offload apply unless the fields above are set explicitly")
+
+    def file_config(self) -> dict[str, Any]:
+        return json.loads(Path(self.config_file).read_text()) if self.config_file else {}
+
+    def resolved(self) -> "DeepSpeedConfig":
+        """The effective settings: what the JSON file says, overridden by fields set explicitly."""
+        if not self.config_file:
+            return self
+        base = self.file_config()
+        zero = base.get("zero_optimization", {})
+        from_file: dict[str, Any] = {}
+        if "stage" in zero:
+            from_file["zero_stage"] = zero["stage"]
+        if base.get("bf16", {}).get("enabled") or base.get("fp16", {}).get("enabled"):
+            from_file["precision"] = "bf16" if base.get("bf16", {}).get("enabled") else "fp16"
+        from_file["offload_optimizer"] = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
+        from_file["offload_params"] = zero.get("offload_param", {}).get("device", "none") == "cpu"
+        for key in ("gradient_accumulation_steps", "gradient_clipping"):
+            if key in base:
+                from_file[key] = base[key]
+        explicit = {k: getattr(self, k) for k in self.model_fields_set}
+        return DeepSpeedConfig.model_validate({**self.model_dump(), **from_file, **explicit})
+
+
+def deepspeed_problems(ds: DeepSpeedConfig, cuda: bool | None = None) -> list[str]:
+    """Settings DeepSpeed would reject (or silently ignore) on this machine, each naming its key."""
+    if ds.config_file:
+        path = Path(ds.config_file)
+        if not path.is_file():
+            return [f"deepspeed.config_file: {ds.config_file} not found"]
+        try:
+            ds.file_config()
+        except json.JSONDecodeError as exc:
+            return [f"deepspeed.config_file: {ds.config_file} is not valid JSON: {exc}"]
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    eff, problems = ds.resolved(), []
+    if eff.precision == "fp16" and not cuda:
+        problems.append("deepspeed.precision: fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); "
+                        "use bf16 or fp32 here")
+    if eff.offload_params and eff.zero_stage != 3:
+        problems.append("deepspeed.offload_params: parameter offload exists only in ZeRO stage 3; "
+                        "set zero_stage: 3 or turn it off")
+    if eff.offload_optimizer and eff.zero_stage == 0:
+        problems.append("deepspeed.offload_optimizer: optimizer offload needs ZeRO stage 1, 2 or 3")
+    return problems
+
+
+def training_problems(train: TrainingConfig) -> list[str]:
+    problems = []
+    if train.nodes > 1 and train.master_port is None:
+        problems.append("training.master_port: several nodes must agree on a rendezvous port; set one")
+    if train.node_rank >= train.nodes:
+        problems.append(f"training.node_rank: {train.node_rank} is not below training.nodes ({train.nodes})")
+    if train.multi_node_launch == "ssh" and train.nodes > 1 and not train.hostfile:
+        problems.append("training.hostfile: multi_node_launch ssh needs a hostfile listing the nodes")
+    if train.multi_node_launch == "ssh" and train.launcher == "torchrun" and train.nodes > 1:
+        problems.append("training.multi_node_launch: torchrun starts one node per launcher; use per_node")
+    return problems
 
 
 class RegistryConfig(BaseModel):

@@ -1,9 +1,7 @@
 """The DeepSpeed engine: ZeRO, precision, offload and checkpoint I/O live here and nowhere else."""
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +10,34 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from training.config import DeepSpeedConfig, TrainingConfig
+from training.checkpoints import CheckpointStore, tag_for
+from training.config import DeepSpeedConfig, TrainingConfig, deepspeed_problems
 
-COMPLETE = "COMPLETE"
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig) -> dict[str, Any]:
-    """A DeepSpeed JSON config from the typed config (optionally on top of a JSON file)."""
-    base: dict[str, Any] = json.loads(Path(ds.config_file).read_text()) if ds.config_file else {}
+    """A DeepSpeed JSON config from the typed config, on top of `ds.config_file` when one is given
+    (the file's other keys, e.g. bucket sizes, are kept; see `DeepSpeedConfig.resolved`)."""
+    base = ds.file_config()
+    eff = ds.resolved()
     zero = dict(base.get("zero_optimization", {}))
-    zero["stage"] = ds.zero_stage
-    if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if ds.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    zero["stage"] = eff.zero_stage
+    # pinned host memory only helps (and only exists) with a CUDA device to copy to
+    pin = torch.cuda.is_available()
+    zero.pop("offload_optimizer", None)
+    zero.pop("offload_param", None)
+    if eff.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
+    if eff.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
     base.update({
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
-        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
-        "gradient_clipping": ds.gradient_clipping,
+        "gradient_accumulation_steps": eff.gradient_accumulation_steps,
+        "gradient_clipping": eff.gradient_clipping,
         "zero_optimization": zero,
-        "bf16": {"enabled": ds.precision == "bf16"},
-        "fp16": {"enabled": ds.precision == "fp16"},
+        "bf16": {"enabled": eff.precision == "bf16"},
+        "fp16": {"enabled": eff.precision == "fp16"},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "scheduler": {"type": "WarmupDecayLR", "params": {
@@ -41,11 +45,15 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig) -> dict[str, An
             "warmup_num_steps": train.warmup_steps, "total_num_steps": train.steps,
             "warmup_type": "linear"}},
     })
-    if ds.offload_optimizer:
-        # ZeRO-Offload needs DeepSpeed's CPU Adam; otherwise a plain torch AdamW is handed in.
+    base.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch, accumulation and world
+    if eff.offload_optimizer:
+        # ZeRO-Offload steps the optimizer on the CPU with DeepSpeed's CPU Adam (a JIT-built op);
+        # DeepSpeed builds it from this entry, so no torch optimizer is handed in.
         base["optimizer"] = {"type": "AdamW", "params": {"lr": train.learning_rate,
                                                          "weight_decay": train.weight_decay}}
         base["zero_force_ds_cpu_optimizer"] = True
+    else:
+        base.pop("optimizer", None)
     return base
 
 
@@ -59,8 +67,11 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 class Engine:
     def __init__(self, model: nn.Module, ds: DeepSpeedConfig, train: TrainingConfig) -> None:
+        problems = deepspeed_problems(ds)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.config = deepspeed_config(ds, train)
-        self.zero_stage = ds.zero_stage
+        self.zero_stage = int(self.config["zero_optimization"]["stage"])
         groups = param_groups(model, train.weight_decay)
         optimizer = None if "optimizer" in self.config else torch.optim.AdamW(groups, lr=train.learning_rate)
         self.engine, _, _, _ = deepspeed.initialize(
@@ -84,27 +95,28 @@ class Engine:
     def train(self) -> None:
         self.engine.train()
 
-    # -- checkpoints: written by every rank, made visible by a marker once all ranks are done --
-    def save(self, root: str, step: int, client_state: dict[str, Any], rank_state: dict[str, Any],
-             keep: int) -> None:
-        tag = f"step_{step:08d}"
-        self.engine.save_checkpoint(root, tag=tag, client_state=client_state)
-        torch.save(rank_state, Path(root) / tag / f"rank_state_{self.rank}.pt")
-        dist.barrier()
-        if self.rank == 0:
-            (Path(root) / tag / COMPLETE).write_text(json.dumps({"step": step}))
-            prune_checkpoints(root, keep)
-        dist.barrier()
+    # -- checkpoints: every rank writes its files, the store makes them visible with a marker --
+    def save(self, store: CheckpointStore, step: int, client_state: dict[str, Any],
+             rank_state: dict[str, Any], keep: int) -> None:
+        tag = tag_for(step)
+        self.engine.save_checkpoint(store.local, tag=tag, client_state=client_state)
+        torch.save(rank_state, Path(store.local) / tag / f"rank_state_{self.rank}.pt")
+        store.publish(tag, step, self.rank, local_rank(), dist.barrier, keep)
 
-    def load_latest(self, root: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        tag = latest_complete(root)
+    def load_latest(self, store: CheckpointStore) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        tag = store.latest()
         if tag is None:
             return None
-        _, client_state = self.engine.load_checkpoint(root, tag=tag)
-        rank_state = torch.load(Path(root) / tag / f"rank_state_{self.rank}.pt", weights_only=False)
-        return client_state or {}, rank_state
+        if local_rank() == 0:
+            store.fetch(tag)
+        dist.barrier()
+        _, client_state = self.engine.load_checkpoint(store.local, tag=tag)
+        if client_state is None:
+            raise RuntimeError(f"checkpoint {tag} in {store.uri} could not be loaded")
+        rank_state = torch.load(Path(store.local) / tag / f"rank_state_{self.rank}.pt", weights_only=False)
+        return client_state, rank_state
 
-    def consolidated_state_dict(self, root: str, tag: str) -> dict[str, torch.Tensor] | None:
+    def consolidated_state_dict(self, store: CheckpointStore, tag: str) -> dict[str, torch.Tensor] | None:
         """Full fp32 weights on rank 0 (None elsewhere), gathered from the ZeRO checkpoint."""
         dist.barrier()
         if self.rank != 0:
@@ -113,30 +125,14 @@ class Engine:
             return {k: v.detach().float().cpu() for k, v in self.engine.module.state_dict().items()}
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        # on several nodes with a remote store, rank 0 holds only its own node's shards
+        root = store.fetch(tag)
         state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
         return {k: v.float().contiguous() for k, v in state.items()}
 
 
-def complete_tags(root: str) -> list[str]:
-    path = Path(root)
-    if not path.is_dir():
-        return []
-    return sorted(p.name for p in path.iterdir() if (p / COMPLETE).is_file())
-
-
-def latest_complete(root: str) -> str | None:
-    tags = complete_tags(root)
-    return tags[-1] if tags else None
-
-
-def prune_checkpoints(root: str, keep: int) -> None:
-    for tag in complete_tags(root)[:-keep]:
-        shutil.rmtree(Path(root) / tag, ignore_errors=True)
-    # half-written checkpoints older than the newest complete one are debris of a crash
-    newest = latest_complete(root)
-    for path in Path(root).iterdir():
-        if path.is_dir() and not (path / COMPLETE).exists() and newest and path.name < newest:
-            shutil.rmtree(path, ignore_errors=True)
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
 
 
 def local_world() -> tuple[int, int, int]:

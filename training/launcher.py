@@ -26,23 +26,33 @@ def free_port() -> int:
 
 
 def launch_command(train: TrainingConfig, spec_path: str, master_port: int,
-                   node_rank: int = 0, master_addr: str = "127.0.0.1",
                    hostfile: str | None = None) -> list[str]:
+    """The launcher command for this node. Several nodes: every node runs this with its own
+    `train.node_rank` (deepspeed --no_ssh, or torchrun), or node 0 alone starts all of them over
+    ssh from a hostfile (`multi_node_launch: ssh`, deepspeed only)."""
     bin_dir = Path(sys.executable).parent
     worker = ["--spec", spec_path]
+    addr, nodes, procs = train.master_addr, train.nodes, train.processes
     if train.launcher == "torchrun":
-        return [str(bin_dir / "torchrun"), f"--nnodes={train.nodes}", f"--nproc_per_node={train.processes}",
-                f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
+        return [str(bin_dir / "torchrun"), f"--nnodes={nodes}", f"--nproc_per_node={procs}",
+                f"--node_rank={train.node_rank}", f"--master_addr={addr}", f"--master_port={master_port}",
                 "-m", "training.worker", *worker]
-    cmd = [str(bin_dir / "deepspeed"), f"--master_port={master_port}", f"--master_addr={master_addr}"]
-    if hostfile:
-        cmd += [f"--hostfile={hostfile}"]
-    elif train.nodes > 1:
-        cmd += ["--no_ssh", f"--node_rank={node_rank}", f"--num_nodes={train.nodes}",
-                f"--num_gpus={train.processes}"]
+    cmd = [str(bin_dir / "deepspeed"), f"--master_port={master_port}", f"--master_addr={addr}"]
+    if nodes == 1:
+        cmd += ["--num_nodes=1", f"--num_gpus={procs}"]
+    elif train.multi_node_launch == "ssh":
+        cmd += [f"--hostfile={hostfile}", f"--num_nodes={nodes}", f"--num_gpus={procs}"]
     else:
-        cmd += ["--num_nodes=1", f"--num_gpus={train.processes}"]
+        # the runner reads the world's shape from a hostfile even without ssh; its names are labels
+        cmd += [f"--hostfile={hostfile}", "--no_ssh", f"--node_rank={train.node_rank}",
+                f"--num_nodes={nodes}", f"--num_gpus={procs}"]
     return cmd + ["--module", "training.worker", *worker]
+
+
+def write_hostfile(path: str | Path, nodes: int, processes: int) -> str:
+    """A hostfile naming `nodes` nodes of `processes` slots (used by --no_ssh only for its shape)."""
+    Path(path).write_text("".join(f"node-{i} slots={processes}\n" for i in range(nodes)))
+    return str(path)
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -8,10 +8,12 @@ from pathlib import Path
 import torch
 
 from data_prep.stage import atomic_write_text, read_examples
-from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
+from training.checkpoints import is_remote
+from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, deepspeed_problems,
+                             training_problems)
 from training.evaluate import evaluate_task
 from training.export import CARD
-from training.launcher import free_port, launch_command, run_launcher
+from training.launcher import free_port, launch_command, run_launcher, write_hostfile
 from training.predict import Predictor
 from training.tasks import TaskSpec
 from training.worker import WorkerSpec
@@ -23,27 +25,49 @@ def launcher_env() -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
+    # the workers run `-m training.worker` from the launcher's working directory: make sure they
+    # import this very package (not another installed copy) whatever that directory is
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def checkpoint_location(training: TrainingConfig, run: Path) -> tuple[str, str | None]:
+    """(store URI, node-local staging folder or None) of this run's checkpoints."""
+    if training.checkpoint_uri is None:
+        return str(run / "checkpoints"), None
+    uri = training.checkpoint_uri.rstrip("/") + "/" + run.name
+    return (uri, str(run / "checkpoint-staging")) if is_remote(uri) else (uri, None)
 
 
 def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig,
                 tasks: list[TaskSpec], features: dict[str, str], run_dir: str | Path,
                 log: Callable[[str], None]) -> str:
-    """Launch distributed training; resume from the newest checkpoint of this run if there is one.
-    Returns the exported model folder."""
+    """Launch distributed training (this node's part of it); resume from the newest complete
+    checkpoint of this run if there is one. Returns the exported model folder (written by node 0)."""
+    if problems := deepspeed_problems(deepspeed) + training_problems(training):
+        raise ValueError("; ".join(problems))
     run = Path(run_dir)
     export_dir = run / "model"
     if (export_dir / CARD).is_file():
         log(f"model already exported at {export_dir}; nothing to train")
         return str(export_dir)
+    if deepspeed.config_file:  # the workers may start elsewhere: pin the file the config named
+        deepspeed = deepspeed.model_copy(update={"config_file": str(Path(deepspeed.config_file).resolve())})
+    checkpoints, staging = checkpoint_location(training, run)
     spec = WorkerSpec(encoder=encoder, training=training, deepspeed=deepspeed, tasks=tasks, features=features,
-                      checkpoint_dir=str(run / "checkpoints"), export_dir=str(export_dir),
+                      checkpoint_dir=checkpoints, checkpoint_staging_dir=staging, export_dir=str(export_dir),
                       metrics_file=str(run / "train_metrics.jsonl"))
     spec_path = run / "train_spec.json"
     atomic_write_text(spec_path, spec.model_dump_json(indent=2))
-    cmd = launch_command(training, str(spec_path), free_port())
+    hostfile = training.hostfile
+    if training.nodes > 1 and hostfile is None:
+        hostfile = write_hostfile(run / "hostfile", training.nodes, training.processes)
+    cmd = launch_command(training, str(spec_path), training.master_port or free_port(), hostfile)
     log("launching: " + " ".join(cmd))
     run_launcher(cmd, launcher_env(), training.timeout_s, log)
+    if training.node_rank > 0:
+        return str(export_dir)  # node 0 exports; this node's part is done
     if not (export_dir / CARD).is_file():
         raise RuntimeError(f"training finished but wrote no model to {export_dir}")
     return str(export_dir)

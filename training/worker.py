@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.tasks import TaskSpec
@@ -30,7 +30,8 @@ class WorkerSpec(BaseModel):
     deepspeed: DeepSpeedConfig
     tasks: list[TaskSpec]
     features: dict[str, str]
-    checkpoint_dir: str
+    checkpoint_dir: str = Field(description="local folder or fsspec URL (s3://...) of this run's checkpoints")
+    checkpoint_staging_dir: str | None = Field(None, description="node-local folder for a remote checkpoint_dir")
     export_dir: str
     metrics_file: str
 
@@ -41,13 +42,19 @@ def set_threads(train: TrainingConfig, local_world: int) -> None:
 
 
 def rank_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG a step may draw from (dropout above all), so a resumed step draws the same numbers."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rank_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class MetricsLog:
@@ -74,6 +81,7 @@ def train(spec: WorkerSpec) -> None:
     from transformers import AutoTokenizer
 
     from training.batches import TaskBatches, load_features
+    from training.checkpoints import CheckpointStore, tag_for
     from training.engine import Engine, local_world
     from training.export import write_export
     from training.model import build_model, resolve_encoder_path
@@ -92,7 +100,7 @@ def train(spec: WorkerSpec) -> None:
     data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
                        rank, world, cfg.seed, tokenizer.pad_token_id, cfg.group_by_length,
                        cfg.length_bucket_batches)
-    gas = spec.deepspeed.gradient_accumulation_steps
+    gas = spec.deepspeed.resolved().gradient_accumulation_steps
     sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
         data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
         final_alpha=cfg.sampler_final_alpha)
@@ -100,8 +108,9 @@ def train(spec: WorkerSpec) -> None:
     model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout)
     engine = Engine(model, spec.deepspeed, cfg)
     log = MetricsLog(spec.metrics_file, rank)
+    store = CheckpointStore(spec.checkpoint_dir, spec.checkpoint_staging_dir)
     step = 0
-    resumed = engine.load_latest(spec.checkpoint_dir)
+    resumed = engine.load_latest(store)
     if resumed is not None:
         client, ranks = resumed
         step = int(client["step"])
@@ -135,9 +144,8 @@ def train(spec: WorkerSpec) -> None:
                 window_start, real, processed = now, 0, 0
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 client = {"step": step, "batches": data.state_dict(), "weighting": weighting.state_dict()}
-                engine.save(spec.checkpoint_dir, step, client, rank_state(), cfg.keep_checkpoints)
-        final_tag = f"step_{cfg.steps:08d}"
-        state = engine.consolidated_state_dict(spec.checkpoint_dir, final_tag)
+                engine.save(store, step, client, rank_state(), cfg.keep_checkpoints)
+        state = engine.consolidated_state_dict(store, tag_for(cfg.steps))
         if state is not None:
             card = {"sharing": cfg.sharing, "dropout": spec.encoder.dropout,
                     "max_length": spec.encoder.max_length, "steps": cfg.steps,

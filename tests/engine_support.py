@@ -1,0 +1,43 @@
+"""Helpers of the engine tests: tiny real tasks (through data_prep) and a direct call of the
+train step, without the rest of the flow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from data_prep.config import TaskDataConfig
+from data_prep.stage import ingest_to, tokenize_to
+from helpers import tiny_config
+from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
+from training.run import train_model
+from training.tasks import TaskSpec
+
+
+def tiny_tasks(encoder: Path, data_dir: Path, out: Path) -> tuple[list[TaskSpec], dict[str, str]]:
+    """The demo's three real tasks, subsampled, ingested and tokenized by data_prep."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+    specs, features = [], {}
+    for raw in tiny_config(encoder, out, data_dir)["tasks"]:
+        cfg = TaskDataConfig.model_validate(raw)
+        ingested = ingest_to(cfg, str(data_dir), out / "data")
+        features[cfg.name] = tokenize_to(cfg, ingested, tokenizer, 48, out / "data")["features"]
+        specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"],
+                              label_scheme=cfg.label_scheme))
+    return specs, features
+
+
+def train(encoder: Path, tasks: tuple[list[TaskSpec], dict[str, str]], run_dir: Path,
+          deepspeed: dict[str, Any] | None = None, log: list[str] | None = None, **training: Any) -> str:
+    settings = {"steps": 8, "micro_batch_size": 4, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2,
+                "processes": 2, "threads_per_process": 1, **training}
+    lines = log if log is not None else []
+    return train_model(EncoderConfig(name_or_path=str(encoder), max_length=48, dropout=0.1),
+                       TrainingConfig(**settings), DeepSpeedConfig(**(deepspeed or {})), tasks[0], tasks[1],
+                       run_dir, lines.append)
+
+
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(l) for l in (run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
