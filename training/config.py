@@ -56,6 +56,8 @@ class TrainingConfig(BaseModel):
     checkpoint_every: int = Field(200, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(20, gt=0)
+    log_memory: bool = Field(False, description="log the peak bytes of live tensors (model, gradients, "
+                             "optimizer) per process; scans the heap every micro-step, so for benchmarks only")
     eval_batch_size: int = Field(64, gt=0)
     timeout_s: int = Field(6 * 3600, gt=0, description="wall-clock limit of the launched training")
     threads_per_process: int | None = Field(None, ge=1, description="torch threads per process on CPU")

@@ -75,6 +75,54 @@ class MetricsLog:
                 handle.write(json.dumps(row) + "\n")
 
 
+def gathered_ints(value: int) -> list[int]:
+    """One integer from every rank, in rank order (on every rank)."""
+    import torch.distributed as dist
+
+    out = [0] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+class Window:
+    """Tokens and time since the last log line: throughput and padding efficiency."""
+
+    def __init__(self) -> None:
+        self.start, self.real, self.processed = time.time(), 0, 0
+
+    def add(self, batch: dict[str, torch.Tensor]) -> None:
+        self.real += int(batch["attention_mask"].sum())
+        self.processed += batch["attention_mask"].numel()
+
+    def close(self, world: int) -> dict[str, Any]:
+        """This rank's counts scaled by the world size (ranks share length-sorted batches)."""
+        row = {"window_s": round(time.time() - self.start, 4), "tokens": self.processed * world,
+               "real_tokens": self.real * world, "padding_efficiency": round(self.real / max(1, self.processed), 4)}
+        return row
+
+
+def resume(engine: Any, store: Any, data: Any, weighting: Any, log: MetricsLog) -> int:
+    """Restore everything a step depends on from the newest complete checkpoint; the step to go on from."""
+    resumed = engine.load_latest(store)
+    if resumed is None:
+        return 0
+    client, ranks = resumed
+    step = int(client["step"])
+    data.load_state_dict(client["batches"])
+    weighting.load_state_dict(client["weighting"])
+    restore_rank_state(ranks)
+    log.truncate_after(step)
+    if engine.rank == 0:
+        print(f"resumed from checkpoint at step {step}", flush=True)
+    return step
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def train(spec: WorkerSpec) -> None:
     import deepspeed
     import torch.distributed as dist
@@ -83,24 +131,20 @@ def train(spec: WorkerSpec) -> None:
     from training.batches import TaskBatches, load_features
     from training.checkpoints import CheckpointStore, tag_for
     from training.engine import Engine, local_world
-    from training.export import write_export
     from training.model import build_model, resolve_encoder_path
     from training.registries import lookup
     from training.sampling import SAMPLERS
     from training.weighting import WEIGHTINGS
 
     rank, world, local = local_world()
-    set_threads(spec.training, local)
+    cfg, gas = spec.training, spec.deepspeed.resolved().gradient_accumulation_steps
+    set_threads(cfg, local)
     deepspeed.init_distributed()
-    cfg = spec.training
-    torch.manual_seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
+    seed_everything(cfg.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(spec.encoder.name_or_path))
     data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
                        rank, world, cfg.seed, tokenizer.pad_token_id, cfg.group_by_length,
                        cfg.length_bucket_batches)
-    gas = spec.deepspeed.resolved().gradient_accumulation_steps
     sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
         data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
         final_alpha=cfg.sampler_final_alpha)
@@ -109,53 +153,49 @@ def train(spec: WorkerSpec) -> None:
     engine = Engine(model, spec.deepspeed, cfg)
     log = MetricsLog(spec.metrics_file, rank)
     store = CheckpointStore(spec.checkpoint_dir, spec.checkpoint_staging_dir)
-    step = 0
-    resumed = engine.load_latest(store)
-    if resumed is not None:
-        client, ranks = resumed
-        step = int(client["step"])
-        data.load_state_dict(client["batches"])
-        weighting.load_state_dict(client["weighting"])
-        restore_rank_state(ranks)
-        log.truncate_after(step)
-        if rank == 0:
-            print(f"resumed from checkpoint at step {step}", flush=True)
-    engine.train()
-    started = window_start = time.time()
-    real = processed = 0  # this rank's tokens since the last log line: throughput and padding
     try:
+        step = resume(engine, store, data, weighting, log)
+        engine.train()
+        started, window = time.time(), Window()
         while step < cfg.steps:
             for micro in range(gas):
                 task = sampler.sample(step * gas + micro)
                 batch = data.next(task)
-                real, processed = real + int(batch["attention_mask"].sum()), processed + batch["attention_mask"].numel()
+                window.add(batch)
                 loss = engine.train_micro_step(task, batch, weighting.weight(task))
                 weighting.observe(task, loss)
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.time()
                 row = {"step": step, "task": task, "loss": loss, "lr": engine.lr(),
-                       "elapsed_s": round(now - started, 2), "window_s": round(now - window_start, 4),
-                       "tokens": processed * world, "real_tokens": real * world,
-                       "padding_efficiency": round(real / processed, 4)}
+                       "elapsed_s": round(time.time() - started, 2), **window.close(world)}
+                if cfg.log_memory:
+                    row["peak_tensor_bytes_per_rank"] = gathered_ints(engine.peak_tensor_bytes)
                 log.write(row)
                 if rank == 0:
                     print(json.dumps(row), flush=True)
-                window_start, real, processed = now, 0, 0
+                window = Window()
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 client = {"step": step, "batches": data.state_dict(), "weighting": weighting.state_dict()}
                 engine.save(store, step, client, rank_state(), cfg.keep_checkpoints)
-        state = engine.consolidated_state_dict(store, tag_for(cfg.steps))
-        if state is not None:
-            card = {"sharing": cfg.sharing, "dropout": spec.encoder.dropout,
-                    "max_length": spec.encoder.max_length, "steps": cfg.steps,
-                    "head_stage": {t.name: "multitask" for t in spec.tasks}}
-            write_export(spec.export_dir, state, model, tokenizer, card)
-            print(f"exported model to {spec.export_dir}", flush=True)
+        export(spec, engine, store, tag_for(cfg.steps), model, tokenizer)
         dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def export(spec: WorkerSpec, engine: Any, store: Any, tag: str, model: torch.nn.Module, tokenizer: Any) -> None:
+    """Consolidate the final ZeRO checkpoint to fp32 and write the model folder (rank 0)."""
+    from training.export import write_export
+
+    state = engine.consolidated_state_dict(store, tag)
+    if state is None:
+        return
+    cfg = spec.training
+    card = {"sharing": cfg.sharing, "dropout": spec.encoder.dropout, "max_length": spec.encoder.max_length,
+            "steps": cfg.steps, "head_stage": {t.name: "multitask" for t in spec.tasks}}
+    write_export(spec.export_dir, state, model, tokenizer, card)
+    print(f"exported model to {spec.export_dir}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
