@@ -37,6 +37,9 @@ class TaskDataConfig(BaseModel):
     label_scheme: Literal["plain", "bio"] = Field(
         "plain", description="bio: tags are B-/I-/O entity tags, scored with entity-level F1"
     )
+    bio_repair: bool = Field(
+        False, description="bio: turn an I-X that follows O or another type into B-X instead of refusing it"
+    )
     max_train_examples: int | None = Field(None, gt=0, description="subsample train to this many (seeded)")
     max_dev_examples: int | None = Field(None, gt=0, description="subsample dev to this many (seeded)")
     sample_seed: int = 13

@@ -5,7 +5,7 @@ import random
 from dataclasses import dataclass, field
 
 from data_prep.config import TaskDataConfig
-from data_prep.errors import IssueCollector
+from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.examples import Example
 from data_prep.labels import build_label_list
 from data_prep.readers import READERS, TOKEN_FORMATS, get_reader
@@ -59,7 +59,7 @@ def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: Issu
                 issues.add(ex.file, ex.line, "tags", f"{len(ex.tokens or [])} tokens but {len(ex.tags or [])} tags",
                            "every token needs exactly one tag")
             if cfg.label_scheme == "bio":
-                _check_bio(ex, issues)
+                _check_bio(ex, cfg, issues)
         else:
             if not ex.text:
                 issues.add(ex.file, ex.line, "text", "empty text", "remove the row or fill in the text")
@@ -69,14 +69,22 @@ def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: Issu
                 issues.add(ex.file, ex.line, "label", "empty label", "every row needs a label")
 
 
-def _check_bio(ex: Example, issues: IssueCollector) -> None:
+def _check_bio(ex: Example, cfg: TaskDataConfig, issues: IssueCollector) -> None:
+    """Refuse (or, with `bio_repair`, fix) tags that break BIO: an I-X must continue a B-X/I-X."""
     previous = "O"
-    for position, tag in enumerate(ex.tags or []):
+    tags = ex.tags or []
+    for position, tag in enumerate(tags):
+        # a conll file has one token per line, so the tag's own line is exact there
+        line = ex.line + position if cfg.format == "conll" else ex.line
         if tag != "O" and not (tag.startswith("B-") or tag.startswith("I-")):
-            issues.add(ex.file, ex.line + position, "tag", f"{tag!r} is not a BIO tag", "use O, B-TYPE or I-TYPE")
+            issues.add(ex.file, line, f"tags[{position}]", f"{tag!r} is not a BIO tag", "use O, B-TYPE or I-TYPE")
         elif tag.startswith("I-") and previous[2:] != tag[2:]:
-            issues.add(ex.file, ex.line + position, "tag", f"{tag!r} follows {previous!r}",
-                       f"an I- tag continues an entity of the same type: use B-{tag[2:]}")
+            if cfg.bio_repair:
+                tags[position] = tag = "B-" + tag[2:]
+            else:
+                issues.add(ex.file, line, f"tags[{position}]", f"{tag!r} follows {previous!r}",
+                           f"an I- tag continues an entity of the same type: use B-{tag[2:]}, "
+                           "or set bio_repair: true to convert such tags")
         previous = tag
 
 
@@ -113,11 +121,32 @@ def ingest_task(cfg: TaskDataConfig, data_dir: str | None, previous_labels: list
     labels = build_label_list((lab for ex in splits["train"] for lab in gold_labels(ex)), previous_labels)
     known = set(labels)
     for ex in splits["dev"]:
-        for lab in gold_labels(ex):
+        for position, lab in enumerate(gold_labels(ex)):
             if lab not in known:
-                issues.add(ex.file, ex.line, "label", f"{lab!r} does not occur in the train split",
+                line, field = ex.line, "label"
+                if ex.tags is not None:
+                    line = ex.line + position if cfg.format == "conll" else ex.line
+                    field = f"tags[{position}]"
+                issues.add(ex.file, line, field, f"{lab!r} does not occur in the train split",
                            "add training examples with this label or fix the label")
     issues.raise_if_any()
     splits["train"] = subsample(splits["train"], cfg.max_train_examples, cfg.sample_seed)
     splits["dev"] = subsample(splits["dev"], cfg.max_dev_examples, cfg.sample_seed)
     return TaskData(cfg.name, cfg.type, labels, splits)
+
+
+def validate_tasks(cfgs: list[TaskDataConfig], data_dir: str | None, issue_limit: int = 200) -> dict[str, TaskData]:
+    """Ingest every task and raise one `DataValidationError` with the problems of all of them."""
+    issues = IssueCollector(issue_limit)
+    names = [c.name for c in cfgs]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        issues.add("tasks", None, "name", f"task name {dup!r} is used {names.count(dup)} times",
+                   "give every task a unique name")
+    loaded: dict[str, TaskData] = {}
+    for cfg in cfgs:
+        try:
+            loaded[cfg.name] = ingest_task(cfg, data_dir, issue_limit=issue_limit)
+        except DataValidationError as exc:
+            issues.extend(exc.issues)
+    issues.raise_if_any()
+    return loaded
