@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from data_prep.config import TaskDataConfig
+from data_prep.config import S3Config, TaskDataConfig
 from data_prep.examples import Example
 from data_prep.ingest import ingest_task
 from data_prep.tokenize import tokenize_examples
@@ -30,9 +30,10 @@ def read_examples(path: str | Path) -> list[Example]:
         return [Example.from_dict(json.loads(line)) for line in handle if line.strip()]
 
 
-def ingest_to(cfg: TaskDataConfig, data_dir: str | None, out_dir: str | Path) -> dict[str, Any]:
+def ingest_to(cfg: TaskDataConfig, data_dir: str | None, out_dir: str | Path, s3: S3Config | None = None,
+              previous_labels: list[str] | None = None) -> dict[str, Any]:
     """Read, validate and subsample one task; write its splits and label map under out_dir/<task>."""
-    data = ingest_task(cfg, data_dir)
+    data = ingest_task(cfg, data_dir, previous_labels, s3=s3)
     folder = Path(out_dir) / cfg.name
     paths = {}
     for split, examples in data.splits.items():

@@ -39,7 +39,7 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.")
 def retrain(config: PipelineConfig) -> dict[str, Any]:
     run_dir = prepare_run(config)
-    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir)
+    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage.s3)
     tokenized = tokenize(config.tasks, ingested, config.encoder, run_dir)
     specs = [TaskSpec(name=t.name, type=t.type, labels=ingested[t.name]["labels"], label_scheme=t.label_scheme)
              for t in config.tasks]

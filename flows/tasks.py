@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from data_prep.config import TaskDataConfig
+from data_prep.config import S3Config, TaskDataConfig
 from data_prep.stage import atomic_write_text, ingest_to, tokenize_to
 from flows.config import REFUSED, PipelineConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
@@ -49,8 +49,9 @@ def prepare_run(config: PipelineConfig) -> str:
 
 
 @task(name="ingest", **TASK_DEFAULTS)
-def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str) -> dict[str, dict[str, Any]]:
-    out = {t.name: ingest_to(t, data_dir, Path(run_dir) / "data") for t in tasks}
+def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str,
+           s3: S3Config | None = None) -> dict[str, dict[str, Any]]:
+    out = {t.name: ingest_to(t, data_dir, Path(run_dir) / "data", s3) for t in tasks}
     rows = [{"task": n, "labels": len(r["labels"]), **r["counts"]} for n, r in out.items()]
     create_table_artifact(rows, key="ingest-counts", description="examples per task and split")
     return out
