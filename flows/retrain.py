@@ -37,9 +37,11 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
 
 
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.")
-def retrain(config: PipelineConfig) -> dict[str, Any]:
+def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """`previous_labels`: task name -> the label list of the model being replaced (the champion's
+    card), so existing labels keep their ids and new ones are appended. None on a first run."""
     run_dir = prepare_run(config)
-    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage.s3)
+    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage.s3, previous_labels)
     tokenized = tokenize(config.tasks, ingested, config.encoder, run_dir)
     specs = [TaskSpec(name=t.name, type=t.type, labels=ingested[t.name]["labels"], label_scheme=t.label_scheme)
              for t in config.tasks]

@@ -49,9 +49,11 @@ def prepare_run(config: PipelineConfig) -> str:
 
 
 @task(name="ingest", **TASK_DEFAULTS)
-def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str,
-           s3: S3Config | None = None) -> dict[str, dict[str, Any]]:
-    out = {t.name: ingest_to(t, data_dir, Path(run_dir) / "data", s3) for t in tasks}
+def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str, s3: S3Config | None = None,
+           previous_labels: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """`previous_labels` maps a task to the champion model's label list: those keep their ids."""
+    previous = previous_labels or {}
+    out = {t.name: ingest_to(t, data_dir, Path(run_dir) / "data", s3, previous.get(t.name)) for t in tasks}
     rows = [{"task": n, "labels": len(r["labels"]), **r["counts"]} for n, r in out.items()]
     create_table_artifact(rows, key="ingest-counts", description="examples per task and split")
     return out
