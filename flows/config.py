@@ -42,7 +42,9 @@ class StorageConfig(BaseModel):
                                                  "unset values fall back to the AWS_* environment variables")
 
     def cache_root(self) -> str:
-        return self.cache or str(Path(self.root) / "cache")
+        """Absolute, so every task (and a retry on another machine's checkout) finds the same entries."""
+        cache = self.cache or str(Path(self.root) / "cache")
+        return cache if "://" in cache else str(Path(cache).resolve())
 
 
 class PipelineConfig(BaseModel):

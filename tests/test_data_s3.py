@@ -100,3 +100,48 @@ def test_credentials_never_print_or_serialize(s3):
     for text in (repr(s3), str(s3), s3.model_dump_json(), str(s3.model_dump(mode="json"))):
         assert "testing-secret" not in text and "testing-key" not in text
     assert s3.storage_options()["secret"] == "testing-secret"  # revealed only for s3fs
+
+
+def test_flow_ingest_and_tokenize_from_s3_with_an_s3_cache(s3, tiny_encoder, tmp_path, prefect_engine):
+    """The flow's real ingest and tokenize tasks with the corpora and the cache both on s3://:
+    a second run takes everything from the cache; no credential reaches results or artifacts."""
+    import asyncio
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from flows.config import PipelineConfig
+    from flows.retrain import mlflow_params
+    from flows.tasks import ingest, tokenize, tokenize_metrics
+
+    config = PipelineConfig.model_validate({
+        "data_dir": f"s3://{BUCKET}", "encoder": {"name_or_path": str(tiny_encoder), "max_length": 32},
+        "tasks": [{**POS, "max_train_examples": 60}, {**SST2, "max_train_examples": 60}],
+        "storage": {"root": str(tmp_path / "state"), "cache": "s3://cache/mtl",
+                    "s3": s3.model_dump(mode="python")}})  # python mode keeps the SecretStr values
+    assert config.storage.s3.storage_options()["secret"] == "testing-secret"
+
+    @flow
+    def data_only(run: str) -> dict:
+        ingested = ingest(config.tasks, config.data_dir, str(tmp_path / run), config.storage)
+        tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, str(tmp_path / run),
+                             config.storage)
+        return {"ingested": ingested, "tokenized": tokenized}
+
+    cold, warm = data_only("r1"), data_only("r2")
+    assert not any(r["cached"] for r in cold["tokenized"].values())
+    assert all(r["cached"] for part in ("ingested", "tokenized") for r in warm[part].values())
+    assert warm["tokenized"]["pos"]["stats"] == cold["tokenized"]["pos"]["stats"]
+    assert tokenize_metrics(warm["tokenized"])["data.sst2.examples"] == 60
+    assert Path(warm["tokenized"]["pos"]["features"]).is_file()  # fetched for the local trainer
+
+    async def artifacts() -> str:
+        async with get_client() as client:
+            return repr([a.data for a in await client.read_artifacts()])
+
+    published_artifacts = asyncio.run(artifacts())
+    assert "label_distribution" not in published_artifacts and "windowed" in published_artifacts
+    published = published_artifacts + repr(cold) + repr(warm) + repr(mlflow_params(config))
+    for secret in ("testing-secret", "testing-key"):
+        assert secret not in published
+    assert mlflow_params(config)["storage.s3.secret_access_key"] == "**********"
