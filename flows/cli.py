@@ -25,7 +25,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     problems = semantic_problems(config)
     loaded: dict[str, TaskData] = {}
     try:
-        loaded = validate_tasks(config.tasks, config.resolved_data_dir())
+        loaded = validate_tasks(config.tasks, config.resolved_data_dir(), s3=config.storage.s3)
     except DataValidationError as exc:
         # the config check already names missing files; keep each problem once
         problems += [p for p in map(str, exc.issues) if p not in problems]
