@@ -83,6 +83,7 @@ def ingest_cached(cfg: TaskDataConfig, data_dir: str | None, cache: ArtifactCach
         if key is None:  # nothing to pin the entry to: keep the result in the run only
             for split, examples in data.splits.items():
                 write_jsonl(folder / f"{split}.jsonl", [ex.to_dict() for ex in examples])
+            atomic_write_text(folder / "labels.json", json.dumps(data.labels))
             return {"name": cfg.name, **meta, "splits": {s: str(folder / f"{s}.jsonl") for s in data.splits},
                     "key": None, "cached": False}
         with cache.writer("ingest", key) as entry:
@@ -94,6 +95,8 @@ def ingest_cached(cfg: TaskDataConfig, data_dir: str | None, cache: ArtifactCach
         cached = True
     meta = cache.read_json("ingest", key, "meta.json")
     splits = {split: cache.fetch("ingest", key, f"{split}.jsonl", folder) for split in meta["counts"]}
+    # the run folder keeps the label map it trained with, hit or miss
+    atomic_write_text(folder / "labels.json", json.dumps(meta["labels"]))
     return {"name": cfg.name, "labels": meta["labels"], "counts": meta["counts"], "splits": splits,
             "key": key, "cached": cached}
 

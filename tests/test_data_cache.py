@@ -38,6 +38,7 @@ def run(cfgs: list[TaskDataConfig], cache: ArtifactCache, tokenizer: Path, work:
         ingested = ingest_cached(cfg, None, cache, work)
         tokenized = tokenize_cached(cfg, ingested, str(tokenizer), 48, SETTINGS, cache, work)
         assert Path(tokenized["features"]).is_file() and read_examples(ingested["splits"]["dev"])
+        assert json.loads((work / cfg.name / "labels.json").read_text()) == ingested["labels"]
         hits[cfg.name] = (ingested["cached"], tokenized["cached"])
     return hits
 
