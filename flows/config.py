@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_prep.config import TaskDataConfig
+from data_prep.config import S3Config, TaskDataConfig, TokenizeConfig
 from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
@@ -35,6 +35,16 @@ class StorageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: str = Field(".mtl", description="state directory: runs, checkpoints, exports, MLflow store")
+    cache: str | None = Field(
+        None, description="content-addressed cache of ingested and tokenized data: a folder or s3://bucket/prefix "
+                          "(default: <root>/cache)")
+    s3: S3Config = Field(S3Config(), description="endpoint, region and credentials for s3:// data and cache; "
+                                                 "unset values fall back to the AWS_* environment variables")
+
+    def cache_root(self) -> str:
+        """Absolute, so every task (and a retry on another machine's checkout) finds the same entries."""
+        cache = self.cache or str(Path(self.root) / "cache")
+        return cache if "://" in cache else str(Path(cache).resolve())
 
 
 class PipelineConfig(BaseModel):
@@ -44,6 +54,7 @@ class PipelineConfig(BaseModel):
     data_dir: str | None = Field(None, description="base for relative data paths; MTL_DATA_DIR wins")
     encoder: EncoderConfig = EncoderConfig()
     tasks: list[TaskDataConfig] = Field(min_length=1)
+    tokenize: TokenizeConfig = TokenizeConfig()
     training: TrainingConfig = TrainingConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     storage: StorageConfig = StorageConfig()
@@ -101,7 +112,7 @@ def semantic_problems(cfg: PipelineConfig) -> list[str]:
         problems.append(f"deepspeed.config_file: {cfg.deepspeed.config_file} not found")
     issues = IssueCollector()
     for index, task in enumerate(cfg.tasks):
-        check_task_config(task, cfg.resolved_data_dir(), issues)
+        check_task_config(task, cfg.resolved_data_dir(), issues, cfg.storage.s3)
     problems += [str(i) for i in issues.issues]
     return problems
 

@@ -37,10 +37,13 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
 
 
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.")
-def retrain(config: PipelineConfig) -> dict[str, Any]:
+def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """`previous_labels`: task name -> the label list of the model being replaced (the champion's
+    card), so existing labels keep their ids and new ones are appended. None on a first run."""
     run_dir = prepare_run(config)
-    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir)
-    tokenized = tokenize(config.tasks, ingested, config.encoder, run_dir)
+    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
+    tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
+    # tokenize_metrics(tokenized) gives the data statistics as flat MLflow metrics
     specs = [TaskSpec(name=t.name, type=t.type, labels=ingested[t.name]["labels"], label_scheme=t.label_scheme)
              for t in config.tasks]
     export_dir = train(config.encoder, config.training, config.deepspeed, specs,
@@ -54,7 +57,9 @@ def retrain(config: PipelineConfig) -> dict[str, Any]:
     return {"model_name": registered["model_name"], "version": registered["version"],
             "aliases": sorted(set(aliases)), "tracking_uri": registered["tracking_uri"],
             "run_id": registered["run_id"], "promoted": decision["promoted"], "gate": decision["reasons"],
-            "metrics": metrics, "run_dir": run_dir}
+            "metrics": metrics, "run_dir": run_dir,
+            "data": {n: {"stats": r["stats"], "cached": r["cached"] and ingested[n]["cached"]}
+                     for n, r in tokenized.items()}}
 
 
 @flow(name="retrain-from-file", description="Load a pipeline YAML and run retrain (for scheduled deployments).")

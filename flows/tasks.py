@@ -10,9 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from data_prep.config import TaskDataConfig
-from data_prep.stage import atomic_write_text, ingest_to, tokenize_to
-from flows.config import REFUSED, PipelineConfig, check_config
+from data_prep.cache import ArtifactCache
+from data_prep.config import TaskDataConfig, TokenizeConfig
+from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
+from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model import resolve_encoder_path
 from training.registry import default_artifact_root, promote_if_better, register_model, tracking_uri
@@ -49,24 +50,45 @@ def prepare_run(config: PipelineConfig) -> str:
 
 
 @task(name="ingest", **TASK_DEFAULTS)
-def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str) -> dict[str, dict[str, Any]]:
-    out = {t.name: ingest_to(t, data_dir, Path(run_dir) / "data") for t in tasks}
-    rows = [{"task": n, "labels": len(r["labels"]), **r["counts"]} for n, r in out.items()]
+def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str, storage: StorageConfig,
+           previous_labels: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Read and validate every task, or take it from the content-addressed cache.
+    `previous_labels` maps a task to the champion model's label list: those keep their ids."""
+    previous = previous_labels or {}
+    cache = ArtifactCache(storage.cache_root(), storage.s3)
+    out = {t.name: ingest_cached(t, data_dir, cache, Path(run_dir) / "data", storage.s3, previous.get(t.name))
+           for t in tasks}
+    rows = [{"task": n, "labels": len(r["labels"]), **r["counts"], "cached": r["cached"]} for n, r in out.items()]
     create_table_artifact(rows, key="ingest-counts", description="examples per task and split")
+    get_run_logger().info("ingest: %s", ", ".join(f"{n} {'cached' if r['cached'] else 'read'}" for n, r in out.items()))
     return out
 
 
 @task(name="tokenize", **TASK_DEFAULTS)
 def tokenize(tasks: list[TaskDataConfig], ingested: dict[str, dict[str, Any]], encoder: EncoderConfig,
-             run_dir: str) -> dict[str, dict[str, Any]]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(encoder.name_or_path))
-    out = {t.name: tokenize_to(t, ingested[t.name], tokenizer, encoder.max_length, Path(run_dir) / "data")
-           for t in tasks}
-    rows = [{k: v for k, v in r.items() if k != "features"} for r in out.values()]
+             settings: TokenizeConfig, run_dir: str, storage: StorageConfig) -> dict[str, dict[str, Any]]:
+    """Tokenize every task's train split, or take it from the cache. Each result's `stats`
+    (examples, inputs, tokens, windowed, truncated, label_distribution) is meant for MLflow."""
+    cache = ArtifactCache(storage.cache_root(), storage.s3)
+    path = resolve_encoder_path(encoder.name_or_path)
+    out = {t.name: tokenize_cached(t, ingested[t.name], path, encoder.max_length, settings, cache,
+                                   Path(run_dir) / "data") for t in tasks}
+    rows = [{"task": n, **{k: v for k, v in r["stats"].items() if k != "label_distribution"},
+             "labels": json.dumps(r["stats"]["label_distribution"]), "cached": r["cached"]} for n, r in out.items()]
     create_table_artifact(rows, key="tokenize-stats", description="tokenized training inputs per task")
     return out
+
+
+def tokenize_metrics(tokenized: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Flat numbers for MLflow (`mlflow.log_metrics`): data.<task>.<stat> and label counts."""
+    flat: dict[str, float] = {}
+    for name, result in tokenized.items():
+        for stat, value in result["stats"].items():
+            if stat == "label_distribution":
+                flat.update({f"data.{name}.label.{label}": float(n) for label, n in value.items()})
+            else:
+                flat[f"data.{name}.{stat}"] = float(value)
+    return flat
 
 
 @task(name="train", **TASK_DEFAULTS)
