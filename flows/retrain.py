@@ -14,7 +14,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.config import PipelineConfig, load_config  # noqa: E402
-from flows.tasks import evaluate, ingest, prepare_run, promote, register, tokenize, train  # noqa: E402
+from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
+                         register, tokenize, tokenize_metrics, train)
 from training.tasks import TaskSpec  # noqa: E402
 
 
@@ -39,11 +40,12 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.")
 def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """`previous_labels`: task name -> the label list of the model being replaced (the champion's
-    card), so existing labels keep their ids and new ones are appended. None on a first run."""
+    card), so existing labels keep their ids and new ones are appended. None: the champion's."""
     run_dir = prepare_run(config)
+    if previous_labels is None:
+        previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root)
     ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
     tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
-    # tokenize_metrics(tokenized) gives the data statistics as flat MLflow metrics
     specs = [TaskSpec(name=t.name, type=t.type, labels=ingested[t.name]["labels"], label_scheme=t.label_scheme)
              for t in config.tasks]
     export_dir = train(config.encoder, config.training, config.deepspeed, specs,
@@ -51,7 +53,7 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
     metrics = evaluate(export_dir, specs, {n: r["splits"]["dev"] for n, r in ingested.items()},
                        config.training.eval_batch_size)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
-                          mlflow_params(config), metrics)
+                          mlflow_params(config), metrics, tokenize_metrics(tokenized))
     decision = promote(registered, specs, config.promotion)
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
     return {"model_name": registered["model_name"], "version": registered["version"],

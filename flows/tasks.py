@@ -16,7 +16,9 @@ from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
 from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model import resolve_encoder_path
-from training.registry import default_artifact_root, promote_if_better, register_model, tracking_uri
+from training.export import CARD
+from training.registry import (CARD_ARTIFACT, champion_labels, default_artifact_root, promote_if_better,
+                               register_model, tracking_uri)
 from training.run import evaluate_model, train_model
 from training.tasks import TaskSpec
 
@@ -47,6 +49,14 @@ def prepare_run(config: PipelineConfig) -> str:
     atomic_write_text(run_dir / "config.resolved.json", json.dumps(resolved, indent=2))
     get_run_logger().info("run folder: %s", run_dir)
     return str(run_dir)
+
+
+@task(name="champion-labels", **TASK_DEFAULTS)
+def champion_label_maps(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str) -> dict[str, list[str]]:
+    """The champion's label lists: a retrain keeps their ids stable and appends new labels."""
+    found = champion_labels(tracking_uri(registry, state_dir), registry.model_name, promotion.alias)
+    get_run_logger().info("label maps from %s", f"{registry.model_name}@{promotion.alias}" if found else "scratch")
+    return found or {}
 
 
 @task(name="ingest", **TASK_DEFAULTS)
@@ -110,13 +120,14 @@ def evaluate(export_dir: str, specs: list[TaskSpec], dev_files: dict[str, str],
 
 @task(name="register", **TASK_DEFAULTS)
 def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str, run_dir: str,
-             export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+             export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]],
+             data_metrics: dict[str, float]) -> dict[str, Any]:
     uri = tracking_uri(registry, state_dir)
-    artifacts = {name: str(Path(run_dir) / file) for name, file in
-                 (("config", "config.resolved.json"), ("training", "train_metrics.jsonl"))
-                 if (Path(run_dir) / file).exists()}
-    registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name, export_dir, params, metrics,
-                                artifacts, promotion.challenger_alias)
+    files = {"config": Path(run_dir) / "config.resolved.json", "training": Path(run_dir) / "train_metrics.jsonl",
+             CARD_ARTIFACT: Path(export_dir) / CARD}
+    artifacts = {name: str(path) for name, path in files.items() if path.exists()}
+    registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name,
+                                export_dir, params, metrics, artifacts, promotion.challenger_alias, data_metrics)
     get_run_logger().info("registered %s version %s", registered.model_name, registered.version)
     return registered.__dict__
 
