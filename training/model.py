@@ -27,6 +27,16 @@ def resolve_encoder_path(name_or_path: str) -> str:
     return name_or_path
 
 
+class LossHandle:
+    """The loss tensor as it was before being returned. Wrappers may hook the tensors a forward
+    returns (DeepSpeed starts its backward bookkeeping from such hooks); differentiating this
+    upstream tensor instead lets a caller take extra gradients (a weighting's per-task probe
+    gradients) without those hooks. A plain object, so no wrapper looks inside it."""
+
+    def __init__(self, loss: torch.Tensor) -> None:
+        self.loss = loss
+
+
 # Parameters that exist only for training (learned loss weights): left out of the export.
 TRAINING_ONLY = ("loss_weighting.",)
 
@@ -53,7 +63,8 @@ class MultiTaskModel(nn.Module):
                 return_raw: bool = False) -> tuple[torch.Tensor | None, ...]:
         """(loss, logits): the loss is the task loss, weighted by a learned loss weighting if
         there is one, plus the strategy's auxiliary loss. `return_raw` appends the detached
-        unweighted task loss, which weightings and logs compare across tasks."""
+        unweighted task loss, which weightings and logs compare across tasks, and a
+        `LossHandle` on the loss for extra gradients."""
         features, aux = self.sharing(task, input_ids, attention_mask, token_type_ids)
         logits = self.heads[task](features, attention_mask)
         if labels is None:
@@ -61,7 +72,10 @@ class MultiTaskModel(nn.Module):
         raw = task_loss(self.tasks[task].type, logits, labels)
         loss = self.loss_weighting(task, raw) if self.loss_weighting is not None else raw
         loss = loss + aux if aux is not None else loss
-        return (loss, logits, raw.detach()) if return_raw else (loss, logits)
+        if return_raw:
+            # logits detached: the loss is computed from them, so a hook on them would fire too
+            return loss.view(()), logits.detach(), raw.detach(), LossHandle(loss)
+        return loss, logits
 
     @torch.no_grad()
     def predict_logits(self, tasks: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
