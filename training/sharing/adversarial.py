@@ -29,6 +29,31 @@ class AdversarialParams(BaseModel):
     orthogonality_weight: float = Field(0.01, ge=0.0, description="weight of ||S^T P||_F^2")
 
 
+class PrivateEncoder(nn.Module):
+    """One small post-norm Transformer layer built from plain Linear modules only: ZeRO-3 gathers
+    a module's parameters when its forward runs, and torch's MultiheadAttention reads its output
+    projection's weight without calling that submodule."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.out = nn.Linear(hidden, hidden)
+        self.norm1 = nn.LayerNorm(hidden)
+        self.ffn_in = nn.Linear(hidden, hidden)
+        self.ffn_out = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+        keep = attention_mask.bool()[:, None, None, :]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(b, s, h)
+        x = self.norm1(x + self.dropout(self.out(attended)))
+        return self.norm2(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
+
+
 class AdversarialSharing(nn.Module):
     Params: ClassVar[type[BaseModel]] = AdversarialParams
 
@@ -39,15 +64,14 @@ class AdversarialSharing(nn.Module):
         cfg = encoder.config
         hidden = cfg.hidden_size
         self.task_index = {t.name: i for i, t in enumerate(tasks)}
-        self.private = nn.ModuleDict({t.name: nn.TransformerEncoderLayer(
-            hidden, cfg.num_attention_heads, dim_feedforward=hidden, dropout=cfg.hidden_dropout_prob,
-            batch_first=True) for t in tasks})
+        self.private = nn.ModuleDict({t.name: PrivateEncoder(hidden, cfg.num_attention_heads, cfg.hidden_dropout_prob)
+                                      for t in tasks})
         self.discriminator = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, len(tasks)))
         self._correct = 0
         self._seen = 0
 
     def _private(self, task: str, embedded: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.private[task](embedded, src_key_padding_mask=attention_mask == 0)
+        return self.private[task](embedded, attention_mask)
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:

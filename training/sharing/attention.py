@@ -25,7 +25,7 @@ class LayerMix(nn.Module):
     def __init__(self, layers: int) -> None:
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(layers))
-        self.gamma = nn.Parameter(torch.ones(()))
+        self.gamma = nn.Parameter(torch.ones(1))  # not 0-dim: DeepSpeed cannot broadcast those
 
     def forward(self, states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         weights = torch.softmax(self.logits, 0)
