@@ -120,40 +120,54 @@ def main(argv: list[str] | None = None) -> None:
     specs = data["specs"]
     names = [t.name for t in specs]
     rows: dict[str, dict[str, Any]] = {}
+    state: dict[str, Any] = {"best": None, "affinity": None}
+
+    def save() -> None:  # after every run, so a cut-off benchmark still leaves what it measured
+        write_results(out, args, names, rows, state, time.time() - started)
+
     for task in specs:
         rows[f"single-task {task.name}"] = run(args, data, work, f"single-{task.name}", [task])
-    single = {t: rows[f"single-task {t}"]["scores"][t] for t in names}
-    rows["single-task (each its own model)"] = {"scores": single}
+    rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names}}
     weightings = [w for w in args.weightings.split(",") if w]
     for w in weightings:
         rows[f"hard + {w}"] = run(args, data, work, f"hard-{w}", specs, "hard", w)
+        save()
+    if "hard + equal" in rows:
+        state["affinity"] = affinity_from_export(rows["hard + equal"]["export"], data["features"], rounds=2,
+                                                 batch_size=8, lr=1e-3)
     others = [w for w in weightings if w != "equal"]
     mean = lambda key: sum(rows[key]["scores"].values()) / len(names)  # noqa: E731
-    best = max(others, key=lambda w: mean(f"hard + {w}")) if others else "equal"
+    state["best"] = best = max(others, key=lambda w: mean(f"hard + {w}")) if others else "equal"
+    save()
     for strategy in [s for s in args.strategies.split(",") if s and s != "hard"]:
         for w in dict.fromkeys(["equal", best]):
             rows[f"{strategy} + {w}"] = run(args, data, work, f"{strategy}-{w}", specs, strategy, w)
-    affinity = affinity_from_export(rows["hard + equal"]["export"], data["features"], rounds=2, batch_size=8,
-                                    lr=1e-3) if "hard + equal" in rows else None
+            save()
+    print(out.with_suffix(".md").read_text())
+
+
+def write_results(out: Path, args: argparse.Namespace, names: list[str], rows: dict[str, dict[str, Any]],
+                  state: dict[str, Any], wall_s: float) -> None:
+    single = rows["single-task (each its own model)"]["scores"]
     multi = {k: r for k, r in rows.items() if not k.startswith("single")}
-    best_run = max(multi, key=mean) if multi else None
+    mean = lambda key: sum(multi[key]["scores"].values()) / len(names)  # noqa: E731
     verdict = None
-    if best_run:
+    if multi:
+        best_run = max(multi, key=mean)
         s = multi[best_run]["scores"]
         verdict = {"best_multitask": best_run,
                    "within_0.3_of_single_on_every_task": all(s[t] >= single[t] - 0.3 for t in names),
                    "rte_gain_over_single": round(s["rte"] - single["rte"], 2) if "rte" in s else None}
-    table = markdown(names, rows)
-    result = {"settings": {k: v for k, v in vars(args).items()}, "best_weighting": best,
+    affinity = state["affinity"]
+    result = {"settings": vars(args), "best_weighting": state["best"],
               "rows": {k: {kk: vv for kk, vv in r.items() if kk != "export"} for k, r in rows.items()},
-              "affinity": affinity, "target": verdict, "wall_s": round(time.time() - started, 1)}
+              "affinity": affinity, "target": verdict, "wall_s": round(wall_s, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    md = f"{table}\n\nbest weighting on hard sharing: {best}; target check: {json.dumps(verdict)}\n"
+    md = f"{markdown(names, rows)}\n\nbest weighting on hard sharing: {state['best']}; target check: {json.dumps(verdict)}\n"
     if affinity:
         md += f"\naffinity ({affinity['method']}, lr {affinity['lr']}), hard + equal:\n\n{affinity_markdown(affinity)}\n"
     out.with_suffix(".md").write_text(md)
-    print(md)
 
 
 if __name__ == "__main__":

@@ -109,3 +109,19 @@ def test_unknown_sharing_params_fail_validation():
     zero3 = SHARING["soft"].config_problems({"l2_pull": 0.1}, ["pos"], 3, "fp32")
     assert zero3 and "ZeRO-3" in zero3[0]
     assert SHARING["hard"].config_problems({}, ["pos"], 3, "fp32") == []
+
+
+def test_config_validation_names_incompatible_combinations(tiny_encoder, data_dir, tmp_path):
+    from flows.config import parse_config, semantic_problems
+    from helpers import tiny_config
+
+    raw = tiny_config(tiny_encoder, tmp_path, data_dir, sharing="soft", sharing_params={"l2_pull": 0.1},
+                      weighting="pcgrad", weighting_params={"all_tasks_step": False})
+    raw["deepspeed"] = {"zero_stage": 3, "precision": "fp16"}
+    problems = semantic_problems(parse_config(raw))
+    assert any(p.startswith("training.sharing_params.l2_pull") and "ZeRO-3" in p for p in problems)
+    assert any(p.startswith("training.weighting_params.all_tasks_step") for p in problems)
+    assert any(p.startswith("deepspeed.precision") and "fp16" in p for p in problems)
+    raw["training"].update(sharing_params={}, weighting_params={})
+    raw["deepspeed"] = {"zero_stage": 2}
+    assert semantic_problems(parse_config(raw)) == []
