@@ -101,3 +101,12 @@ def test_weighting_trains_with_two_processes(demo, tmp_path, weighting):
         assert log[-1]["task_weights"] != {"pos": 1.0, "ner": 1.0, "sst2": 1.0}
     if weighting == "uncertainty":
         assert log[-1]["task_weights"] != {"pos": 1.0, "ner": 1.0, "sst2": 1.0}
+
+
+def test_all_task_steps_and_private_features_under_zero3(demo, tmp_path):
+    """Partitioned parameters, several forwards before one backward, and a discriminator.
+    (Gradient-based weightings are refused with ZeRO-3 at config validation.)"""
+    export = train(demo, tmp_path, zero_stage=3, sharing="adversarial", weighting="dwa")
+    predicts_every_task(export)
+    log = rows(tmp_path)
+    assert all(r["task"] == "all" and "discriminator_accuracy" in r for r in log)

@@ -121,3 +121,7 @@ def test_gradient_weightings_refuse_fp16_and_sampled_steps():
     assert any("all_tasks_step" in p for p in problems) and any("fp16" in p for p in problems)
     assert WEIGHTINGS["gradnorm"].config_problems({"alpha": -1}, TASKS, 2, "fp32")
     assert WEIGHTINGS["uncertainty"].config_problems({}, TASKS, 3, "fp16") == []
+    for name in ("pcgrad", "gradnorm"):
+        zero3 = WEIGHTINGS[name].config_problems({}, TASKS, 3, "fp32")
+        assert len(zero3) == 1 and zero3[0].startswith("deepspeed.zero_stage") and "ZeRO-3" in zero3[0]
+    assert WEIGHTINGS["dwa"].config_problems({}, TASKS, 3, "fp32") == []

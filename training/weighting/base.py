@@ -72,6 +72,11 @@ class Weighting:
         if cls.needs_all_tasks and parsed.all_tasks_step is False:
             problems.append("training.weighting_params.all_tasks_step: this weighting compares every task "
                             "in each step; it cannot be false")
+        if cls.needs_grads and zero_stage == 3:
+            problems.append("deepspeed.zero_stage: a gradient-based weighting differentiates each task's loss "
+                            "at the probe parameters before the real backward; under ZeRO-3 that partial "
+                            "backward releases partitioned parameters the real backward still needs. "
+                            "Use zero_stage 0, 1 or 2 (dwa, uncertainty, static and equal run under ZeRO-3)")
         if cls.needs_grads and precision == "fp16":
             problems.append("deepspeed.precision: fp16 probe gradients are not loss-scaled and underflow; "
                             "use bf16 or fp32 with a gradient-based weighting")
