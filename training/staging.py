@@ -35,7 +35,7 @@ def train_transfer(encoder: EncoderConfig, training: TrainingConfig, deepspeed: 
     for task in (t for t in tasks if t.name in chosen):
         cfg = training.model_copy(update={
             "sharing": "hard", "sharing_params": {}, "weighting": "equal", "weighting_params": {},
-            "steps": steps, "warmup_steps": min(training.warmup_steps, steps // 10),
+            "steps": steps, "warmup_steps": max(1, min(training.warmup_steps, steps // 10)),  # DeepSpeed refuses 0
             "checkpoint_every": min(training.checkpoint_every, steps)})
         log(f"transfer stage 2: fine-tuning {task.name} from the stage-1 model")
         stage2[task.name] = train_model(encoder, cfg, deepspeed, [task], {task.name: features[task.name]},
