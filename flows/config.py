@@ -17,6 +17,7 @@ from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
 from training.config import (DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig,
                              TrainingConfig)
+from training.compat import combination_problems
 from training.registries import lookup
 from training.sampling import SAMPLERS
 from training.sharing import SHARING
@@ -106,6 +107,7 @@ def semantic_problems(cfg: PipelineConfig) -> list[str]:
         except KeyError as exc:
             problems.append(f"{key}: {exc.args[0]}")
     names = [t.name for t in cfg.tasks]
+    problems += combination_problems(cfg.training, cfg.deepspeed, names)  # issue 5: strategy x engine
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: task name {dup!r} is used more than once; names must be unique")
     if cfg.deepspeed.config_file and not Path(cfg.deepspeed.config_file).is_file():

@@ -1,7 +1,7 @@
 """Sub-configs consumed by training. The root config that composes them lives in `flows/`."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,9 @@ class TrainingConfig(BaseModel):
     sharing: str = Field("hard", description="sharing strategy name")
     sampler: str = Field("proportional", description="task sampler name")
     weighting: str = Field("equal", description="loss weighting name")
+    # issue 5: parameters of the chosen strategy / weighting, validated by the strategy's own model
+    sharing_params: dict[str, Any] = Field(default_factory=dict, description="sharing strategy parameters")
+    weighting_params: dict[str, Any] = Field(default_factory=dict, description="loss weighting parameters")
     checkpoint_every: int = Field(200, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(20, gt=0)

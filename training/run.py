@@ -13,6 +13,8 @@ from training.evaluate import evaluate_task
 from training.export import CARD
 from training.launcher import free_port, launch_command, run_launcher
 from training.predict import Predictor
+from training.registries import lookup
+from training.sharing import SHARING
 from training.tasks import TaskSpec
 from training.worker import WorkerSpec
 
@@ -28,9 +30,13 @@ def launcher_env() -> dict[str, str]:
 
 def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig,
                 tasks: list[TaskSpec], features: dict[str, str], run_dir: str | Path,
-                log: Callable[[str], None]) -> str:
+                log: Callable[[str], None], init_from: str | None = None) -> str:
     """Launch distributed training; resume from the newest checkpoint of this run if there is one.
-    Returns the exported model folder."""
+    Returns the exported model folder. A staged strategy (e.g. `transfer`) runs its own stages,
+    each through this function; `init_from` starts the model from an export's weights."""
+    stages = getattr(lookup(SHARING, training.sharing, "sharing strategy"), "train_stages", None)
+    if stages is not None:
+        return stages()(encoder, training, deepspeed, tasks, features, run_dir, log)
     run = Path(run_dir)
     export_dir = run / "model"
     if (export_dir / CARD).is_file():
@@ -38,7 +44,7 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
         return str(export_dir)
     spec = WorkerSpec(encoder=encoder, training=training, deepspeed=deepspeed, tasks=tasks, features=features,
                       checkpoint_dir=str(run / "checkpoints"), export_dir=str(export_dir),
-                      metrics_file=str(run / "train_metrics.jsonl"))
+                      metrics_file=str(run / "train_metrics.jsonl"), init_from=init_from)
     spec_path = run / "train_spec.json"
     atomic_write_text(spec_path, spec.model_dump_json(indent=2))
     cmd = launch_command(training, str(spec_path), free_port())

@@ -33,6 +33,7 @@ class WorkerSpec(BaseModel):
     checkpoint_dir: str
     export_dir: str
     metrics_file: str
+    init_from: str | None = None  # issue 5: an export whose weights the model starts from (stage 2)
 
 
 def set_threads(train: TrainingConfig, local_world: int) -> None:
@@ -76,7 +77,8 @@ def train(spec: WorkerSpec) -> None:
     from training.batches import TaskBatches, load_features
     from training.engine import Engine, local_world
     from training.export import write_export
-    from training.model import build_model, resolve_encoder_path
+    from training.export import export_weights
+    from training.model import build_model, load_matching, resolve_encoder_path
     from training.registries import lookup
     from training.sampling import SAMPLERS
     from training.weighting import WEIGHTINGS
@@ -92,8 +94,12 @@ def train(spec: WorkerSpec) -> None:
     data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
                        rank, world, cfg.seed, tokenizer.pad_token_id)
     sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(data.sizes(), cfg.seed)
-    weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features))
-    model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout)
+    weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features), cfg.seed,
+                                                                    **cfg.weighting_params)
+    model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout,
+                        cfg.sharing_params, weighting.module())
+    if spec.init_from:
+        load_matching(model, export_weights(spec.init_from))
     engine = Engine(model, spec.deepspeed, cfg)
     log = MetricsLog(spec.metrics_file, rank)
     step = 0
@@ -110,16 +116,23 @@ def train(spec: WorkerSpec) -> None:
     gas = spec.deepspeed.gradient_accumulation_steps
     engine.train()
     started = time.time()
+    task_losses: dict[str, float] = {}
     try:
         while step < cfg.steps:
             for micro in range(gas):
-                task = sampler.sample(step * gas + micro)
-                loss = engine.train_micro_step(task, data.next(task), weighting.weight(task))
-                weighting.observe(task, loss)
+                if weighting.all_tasks_step:  # issue 5: every task in one step (gradient-based weightings)
+                    task_losses = engine.train_multitask_step({t: data.next(t) for t in weighting.tasks}, weighting)
+                    task, loss = "all", sum(task_losses.values()) / len(task_losses)
+                else:
+                    task = sampler.sample(step * gas + micro)
+                    loss = engine.train_micro_step(task, data.next(task), weighting.weight(task))
+                    weighting.observe(task, loss)
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row = {"step": step, "task": task, "loss": loss, "lr": engine.lr(),
-                       "elapsed_s": round(time.time() - started, 2)}
+                       "elapsed_s": round(time.time() - started, 2),
+                       "task_weights": weighting.weights(), "task_losses": task_losses,  # issue 5
+                       **model.sharing.metrics()}
                 log.write(row)
                 if rank == 0:
                     print(json.dumps(row), flush=True)
@@ -129,7 +142,7 @@ def train(spec: WorkerSpec) -> None:
         final_tag = f"step_{cfg.steps:08d}"
         state = engine.consolidated_state_dict(spec.checkpoint_dir, final_tag)
         if state is not None:
-            card = {"sharing": cfg.sharing, "dropout": spec.encoder.dropout,
+            card = {"sharing": cfg.sharing, "sharing_params": cfg.sharing_params, "dropout": spec.encoder.dropout,
                     "max_length": spec.encoder.max_length, "steps": cfg.steps,
                     "head_stage": {t.name: "multitask" for t in spec.tasks}}
             write_export(spec.export_dir, state, model, tokenizer, card)
