@@ -18,6 +18,7 @@ from data_prep.sources import default_data_dir
 from training.config import (DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig,
                              TrainingConfig)
 from training.compat import combination_problems
+from training.affinity import AffinityConfig
 from training.registries import lookup
 from training.sampling import SAMPLERS
 from training.sharing import SHARING
@@ -59,6 +60,7 @@ class PipelineConfig(BaseModel):
     training: TrainingConfig = TrainingConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     storage: StorageConfig = StorageConfig()
+    affinity: AffinityConfig = AffinityConfig()
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionConfig = PromotionConfig()
 

@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
-                         register, tokenize, tokenize_metrics, train)
+                         register, task_affinity, tokenize, tokenize_metrics, train)
 from training.tasks import TaskSpec  # noqa: E402
 
 
@@ -48,12 +48,13 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
     tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
     specs = [TaskSpec(name=t.name, type=t.type, labels=ingested[t.name]["labels"], label_scheme=t.label_scheme)
              for t in config.tasks]
-    export_dir = train(config.encoder, config.training, config.deepspeed, specs,
-                       {n: r["features"] for n, r in tokenized.items()}, run_dir)
+    features = {n: r["features"] for n, r in tokenized.items()}
+    export_dir = train(config.encoder, config.training, config.deepspeed, specs, features, run_dir)
     metrics = evaluate(export_dir, specs, {n: r["splits"]["dev"] for n, r in ingested.items()},
                        config.training.eval_batch_size)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
-                          mlflow_params(config), metrics, tokenize_metrics(tokenized))
+                          mlflow_params(config), metrics,
+                          {**tokenize_metrics(tokenized), **task_affinity(export_dir, features, config.affinity)})
     decision = promote(registered, specs, config.promotion)
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
     return {"model_name": registered["model_name"], "version": registered["version"],

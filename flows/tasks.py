@@ -16,6 +16,7 @@ from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
 from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model import resolve_encoder_path
+from training.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
 from training.export import CARD
 from training.registry import (CARD_ARTIFACT, champion_labels, default_artifact_root, promote_if_better,
                                register_model, tracking_uri)
@@ -116,6 +117,19 @@ def evaluate(export_dir: str, specs: list[TaskSpec], dev_files: dict[str, str],
     create_table_artifact(rows, key="dev-metrics", description="dev metrics of the trained model")
     get_run_logger().info("dev metrics: %s", json.dumps(metrics))
     return metrics
+
+
+@task(name="task-affinity", **TASK_DEFAULTS)
+def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityConfig) -> dict[str, float]:
+    """How a step on each task moves every task's loss: a table artifact, and MLflow metrics."""
+    if settings.method == "off":
+        return {}
+    report = affinity_from_export(export_dir, features, settings.method, settings.rounds, settings.batch_size)
+    create_table_artifact(affinity_table(report), key="task-affinity",
+                          description=f"{settings.method} affinity: row = task stepped on, column = task whose "
+                                      "loss moves; positive = helps")
+    get_run_logger().info("task affinity (%s):\n%s", settings.method, affinity_markdown(report))
+    return affinity_metrics(report)
 
 
 @task(name="register", **TASK_DEFAULTS)

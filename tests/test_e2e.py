@@ -89,3 +89,10 @@ def test_second_run_keeps_label_ids_and_logs_data_statistics(runs):
         assert json.loads(_labels(second, task)) == json.loads(_labels(first, task))
     logged = MlflowClient(second["tracking_uri"]).get_run(second["run_id"]).data.metrics
     assert logged["data.pos.examples"] == 128 and logged["data.ner.tokens"] > 0
+
+
+def test_task_affinity_matrix_is_logged(runs):
+    first, _ = runs
+    logged = MlflowClient(first["tracking_uri"]).get_run(first["run_id"]).data.metrics
+    cells = {k for k in logged if k.startswith("affinity.")}
+    assert cells == {f"affinity.{i}.{j}" for i in ("pos", "ner", "sst2") for j in ("pos", "ner", "sst2")}

@@ -14,12 +14,23 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch.func import functional_call
 
 from training.batches import collate, load_features
 from training.model import MultiTaskModel
 
 Method = Literal["lookahead", "cosine"]
+
+
+class AffinityConfig(BaseModel):
+    """The task-affinity report computed after training (MLflow metrics + a Prefect table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["off", "lookahead", "cosine"] = "lookahead"
+    rounds: int = Field(4, ge=1, description="batches per task averaged into each cell")
+    batch_size: int = Field(16, ge=1)
 
 
 def _shared(model: MultiTaskModel) -> dict[str, torch.Tensor]:
