@@ -145,3 +145,30 @@ def test_flow_ingest_and_tokenize_from_s3_with_an_s3_cache(s3, tiny_encoder, tmp
     for secret in ("testing-secret", "testing-key"):
         assert secret not in published
     assert mlflow_params(config)["storage.s3.secret_access_key"] == "**********"
+
+
+def test_retrain_flow_unchanged_with_corpora_on_s3(s3, tiny_encoder, tmp_path, prefect_engine):
+    """The whole flow (train on 2 DeepSpeed processes, evaluate, register, promote) with the data
+    directory on s3://: only `data_dir` and `storage.s3` differ from a local run."""
+    from mlflow import MlflowClient
+
+    from flows.config import PipelineConfig
+    from flows.retrain import retrain
+
+    config = PipelineConfig.model_validate({
+        "name": "s3demo", "data_dir": f"s3://{BUCKET}",
+        "encoder": {"name_or_path": str(tiny_encoder), "max_length": 32},
+        "tasks": [{**POS, "max_train_examples": 64, "max_dev_examples": 30},
+                  {**SST2, "max_train_examples": 64, "max_dev_examples": 30}],
+        "training": {"steps": 6, "micro_batch_size": 4, "warmup_steps": 1, "checkpoint_every": 6, "log_every": 3},
+        "affinity": {"method": "off"},
+        "storage": {"root": str(tmp_path / "state"), "s3": s3.model_dump(mode="python")},
+        "registry": {"model_name": "s3-mtl", "experiment": "s3"}})
+    summary = retrain(config)
+    assert (summary["version"], summary["promoted"]) == ("1", True)
+    assert set(summary["metrics"]) == {"pos", "sst2"}
+    client = MlflowClient(summary["tracking_uri"])
+    assert str(client.get_model_version_by_alias("s3-mtl", "champion").version) == "1"
+    params = client.get_run(summary["run_id"]).data.params
+    assert params["data_dir"] == f"s3://{BUCKET}"
+    assert "testing-secret" not in repr(params) and "testing-secret" not in repr(summary)
