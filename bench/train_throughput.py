@@ -31,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_prep.stage import ingest_to, tokenize_to  # noqa: E402
+from data_prep.cache import ArtifactCache  # noqa: E402
+from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
 from flows.config import load_config  # noqa: E402
 from training.batches import TaskBatches, load_features, padding_efficiency  # noqa: E402
 from training.config import DeepSpeedConfig, TrainingConfig  # noqa: E402
@@ -48,11 +49,14 @@ def prepare(work: Path, examples: int) -> tuple[Any, list[TaskSpec], dict[str, s
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(cfg.encoder.name_or_path))
+    cache = ArtifactCache(str(work / "cache"))
     specs, features = [], {}
     for task in cfg.tasks:
         task = task.model_copy(update={"max_train_examples": examples})
-        ingested = ingest_to(task, cfg.resolved_data_dir(), work / "data")
-        features[task.name] = tokenize_to(task, ingested, tokenizer, cfg.encoder.max_length, work / "data")["features"]
+        ingested = ingest_cached(task, cfg.resolved_data_dir(), cache, work / "data")
+        features[task.name] = tokenize_cached(task, ingested, resolve_encoder_path(cfg.encoder.name_or_path),
+                                              cfg.encoder.max_length, cfg.tokenize, cache, work / "data",
+                                              tokenizer)["features"]
         specs.append(TaskSpec(name=task.name, type=task.type, labels=ingested["labels"],
                               label_scheme=task.label_scheme))
     return cfg, specs, features

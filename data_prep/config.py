@@ -1,35 +1,93 @@
-"""Sub-configs consumed by data_prep: one task's data source and reader settings."""
+"""Sub-configs consumed by data_prep: object-store access, one task's data source and reader
+settings, and the tokenization settings."""
 from __future__ import annotations
 
-from typing import Literal
+import os
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 TaskType = Literal["token_classification", "sequence_classification", "sequence_pair_classification"]
 Column = int | str
+LabelAlignment = Literal["first", "all", "last"]
+
+
+class S3Config(BaseModel):
+    """How to reach `s3://` data and caches. Anything left unset falls back to the usual AWS
+    environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION), which botocore reads itself.
+
+    Credentials are `SecretStr`: they print, dump and serialize as `**********`, so they never
+    reach logs, MLflow params, Prefect artifacts or results."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000")
+    region: str | None = Field(None, description="bucket region, e.g. us-east-1")
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+
+    def storage_options(self) -> dict[str, Any]:
+        """s3fs keyword arguments; secrets are revealed only here, on their way to s3fs."""
+        client: dict[str, Any] = {}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            client["endpoint_url"] = endpoint
+        if self.region:
+            client["region_name"] = self.region
+        options: dict[str, Any] = {"client_kwargs": client, "use_listings_cache": False}
+        for key, secret in (("key", self.access_key_id), ("secret", self.secret_access_key),
+                            ("token", self.session_token)):
+            if secret is not None:
+                options[key] = secret.get_secret_value()
+        return options
+
+
+class HubSource(BaseModel):
+    """A dataset read with `datasets.load_dataset(name, config, data_files=..., revision=...)`;
+    the task's `train` and `dev` then name splits (slices like `train[:90%]` work too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="hub dataset id (e.g. glue), a builder (parquet, json, csv) or a local folder")
+    config: str | None = Field(None, description="dataset configuration (e.g. sst2)")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="files for a builder name such as parquet/json/csv")
+    revision: str | None = Field(None, description="git revision of the hub dataset, for reproducible reads")
 
 
 class TaskDataConfig(BaseModel):
     """Where one task's data lives and how to read it.
 
     Relative paths resolve against the data directory (`MTL_DATA_DIR`, the config's
-    `data_dir`, or `../shared/data` when it exists).
+    `data_dir`, or `../shared/data` when it exists). `train` and `dev` may be a file, a glob
+    (`shards/train-*.jsonl`), a folder of shards, or a list of those; `s3://` works for all.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="task name: letters, digits, _")
     type: TaskType
-    format: str = Field(description="reader name: conllu, conll or tsv")
-    train: str = Field(description="train split file")
-    dev: str = Field(description="dev split file, used for evaluation and the promotion gate")
-    token_column: Column = Field(0, description="conll: column of the word")
-    tag_column: Column = Field(-1, description="conll: column of the tag (negative counts from the end)")
-    text_column: Column = Field("sentence", description="tsv: column of the text (name with header, else index)")
-    text_pair_column: Column | None = Field(None, description="tsv: column of the second text for pair tasks")
-    label_column: Column = Field("label", description="tsv: column of the label")
-    header: bool = Field(True, description="tsv: first line names the columns")
-    delimiter: str = "\t"
+    source: Literal["files", "hub"] = Field("files", description="files (local or s3://) or a datasets hub dataset")
+    format: str | None = Field(None, description="files: reader name: conllu, conll, tsv, csv, jsonl or parquet")
+    hub: HubSource | None = Field(None, description="source hub: the dataset to load")
+    train: str | list[str] = Field(description="train split: file, glob, folder or list (hub: split name)")
+    dev: str | list[str] | None = Field(
+        None, description="dev split (hub: split name); leave out and set dev_ratio to cut it from train")
+    dev_ratio: float | None = Field(None, gt=0.0, lt=1.0, description="fraction of train held out as dev")
+    split_seed: int = Field(13, description="seed of the dev_ratio cut, fixed so retrains compare")
+    token_column: Column | None = Field(
+        None, description="conll: 0-based column of the word (default 0); records: field of the word list "
+                          "(default tokens)")
+    tag_column: Column | None = Field(
+        None, description="conll: column of the tag, negative counts from the end (default -1); records: "
+                          "field of the tag list (default tags)")
+    text_column: Column = Field("sentence", description="tsv/csv/records: column of the text")
+    text_pair_column: Column | None = Field(None, description="column of the second text for pair tasks")
+    label_column: Column = Field("label", description="tsv/csv/records: column of the label")
+    header: bool = Field(True, description="tsv/csv: first line names the columns")
+    delimiter: str | None = Field(None, description="tsv/csv: field separator (default tab for tsv, comma for csv)")
     encoding: str = "utf-8"
     encoding_errors: Literal["strict", "replace"] = Field(
         "strict", description="strict refuses undecodable bytes; replace substitutes U+FFFD"
@@ -37,6 +95,35 @@ class TaskDataConfig(BaseModel):
     label_scheme: Literal["plain", "bio"] = Field(
         "plain", description="bio: tags are B-/I-/O entity tags, scored with entity-level F1"
     )
+    bio_repair: bool = Field(
+        False, description="bio: turn an I-X that follows O or another type into B-X instead of refusing it"
+    )
+    label_alignment: LabelAlignment = Field(
+        "first", description="token tasks: which subwords of a word carry its label in training")
     max_train_examples: int | None = Field(None, gt=0, description="subsample train to this many (seeded)")
     max_dev_examples: int | None = Field(None, gt=0, description="subsample dev to this many (seeded)")
     sample_seed: int = 13
+
+    @model_validator(mode="after")
+    def _one_dev_source(self) -> "TaskDataConfig":
+        # a dev split is the promotion gate's yardstick: it must come from exactly one place
+        if self.dev is None and self.dev_ratio is None:
+            raise ValueError(f"task {self.name!r}: set dev (a file) or dev_ratio (a fraction of train to hold out)")
+        if self.dev is not None and self.dev_ratio is not None:
+            raise ValueError(f"task {self.name!r}: set either dev or dev_ratio, not both")
+        if self.source == "hub" and self.hub is None:
+            raise ValueError(f"task {self.name!r}: source hub needs hub.name (and hub.config if the dataset has one)")
+        if self.source == "files" and self.format is None:
+            raise ValueError(f"task {self.name!r}: set format to one of conllu, conll, tsv, csv, jsonl, parquet")
+        return self
+
+
+class TokenizeConfig(BaseModel):
+    """How examples become encoder inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stride: int = Field(16, ge=0, description="token tasks: subword tokens shared by consecutive windows "
+                                             "of a sentence longer than max_length")
+    num_proc: int = Field(1, ge=1, description="processes that tokenize in parallel (1: in this process)")
+    batch_size: int = Field(1000, ge=1, description="examples per fast-tokenizer call")

@@ -21,11 +21,13 @@ class DataIssue:
 class DataValidationError(ValueError):
     """Refused input data. Raised once with every problem collected; never worth a retry."""
 
-    def __init__(self, issues: list[DataIssue], limit: int = 50) -> None:
+    def __init__(self, issues: list[DataIssue], limit: int = 50, dropped: int = 0) -> None:
         self.issues = issues
+        self.dropped = dropped
+        total = len(issues) + dropped
         shown = "\n".join(f"  - {issue}" for issue in issues[:limit])
-        more = f"\n  ... and {len(issues) - limit} more" if len(issues) > limit else ""
-        super().__init__(f"{len(issues)} data problem(s):\n{shown}{more}")
+        more = f"\n  ... and {total - min(limit, len(issues))} more" if total > limit else ""
+        super().__init__(f"{total} data problem(s):\n{shown}{more}")
 
 
 class IssueCollector:
@@ -34,11 +36,19 @@ class IssueCollector:
     def __init__(self, limit: int = 200) -> None:
         self.limit = limit
         self.issues: list[DataIssue] = []
+        # counted past the limit so the report still says how many problems there are
+        self.dropped = 0
 
     def add(self, file: str, line: int | None, field: str, problem: str, fix: str = "") -> None:
         if len(self.issues) < self.limit:
             self.issues.append(DataIssue(file, line, field, problem, fix))
+        else:
+            self.dropped += 1
+
+    def extend(self, issues: list[DataIssue]) -> None:
+        for issue in issues:
+            self.add(issue.file, issue.line, issue.field, issue.problem, issue.fix)
 
     def raise_if_any(self) -> None:
         if self.issues:
-            raise DataValidationError(self.issues)
+            raise DataValidationError(self.issues, dropped=self.dropped)

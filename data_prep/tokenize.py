@@ -1,79 +1,138 @@
-"""Tokenization with a fast tokenizer and label alignment.
+"""Tokenization with a fast tokenizer, label alignment and overlapping windows.
 
-Token tasks align each word's label to its first subword (the others get -100). A sentence
-longer than `max_length` is split into consecutive chunks of whole words, so no word is ever
-silently dropped; evaluation chunks the same way and stitches the words back together.
+Token tasks: each word's label goes to its first, last or every subword (`label_alignment`).
+A sentence longer than `max_length` is split into windows of whole words that overlap by about
+`stride` subwords, so no word is dropped and every word also sees context on both sides. Each
+word is *owned* by exactly one window, the one where it sits most centrally: training labels it
+there only, and evaluation takes its prediction from there only (`first_subword_word` marks the
+owned words), which merges the windows back into one prediction per word.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import multiprocessing
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
+from data_prep.config import LabelAlignment
 from data_prep.examples import Example
 
 IGNORE = -100
+DEFAULT_STRIDE = 16
 
 
 @dataclass
 class WordChunk:
-    """One encoder input covering words [start, start + len(word_ids_of_first_subwords)) of a sentence."""
+    """One encoder input (a window) of a sentence."""
 
     sentence: int
     input_ids: list[int]
     token_type_ids: list[int]
-    # position -> index of the word (in the whole sentence) whose first subword sits there, else -1
+    # position -> index (in the whole sentence) of the word *owned by this window* whose first
+    # subword sits there, else -1: the positions evaluation reads, one per word over all windows
     first_subword_word: list[int]
+    # the same for the owned words' last subwords (for label_alignment: last)
+    last_subword_word: list[int] = field(default_factory=list)
+    # position -> word index for every subword in the window, owned or context; -1 for specials
+    word_ids: list[int] = field(default_factory=list)
 
 
-def _subword_counts(tokenizer: Any, sentences: list[list[str]]) -> list[list[int]]:
-    enc = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-    counts: list[list[int]] = []
-    for i, words in enumerate(sentences):
-        per_word = [0] * len(words)
-        for wid in enc.word_ids(i):
-            if wid is not None:
-                per_word[wid] += 1
-        counts.append(per_word)
-    return counts
+def _special_frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens a single sequence gets before and after its subwords ([CLS] / [SEP]
+    for BERT, <s> / </s> for RoBERTa), found once so windows are built without re-tokenizing."""
+    bare = tokenizer(["a"], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    full = tokenizer(["a"], is_split_into_words=True)["input_ids"]
+    start = next(i for i in range(len(full) - len(bare) + 1) if full[i:i + len(bare)] == bare)
+    return full[:start], full[start + len(bare):]
 
 
-def _chunk_spans(counts: list[int], budget: int) -> list[tuple[int, int]]:
-    """Greedy consecutive word spans whose subword total fits `budget` (a lone overlong word
-    still gets a span of its own; its tail subwords are truncated, its first one is kept)."""
+def window_spans(counts: list[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Word spans [start, end) whose subwords fit `budget`, consecutive spans sharing at most
+    `stride` subwords of whole words. A lone word longer than `budget` gets a span of its own
+    (its tail subwords are truncated, its first one is kept)."""
+    n = len(counts)
     spans: list[tuple[int, int]] = []
-    start, used = 0, 0
-    for i, n in enumerate(counts):
-        n = max(n, 1)
-        if i > start and used + n > budget:
-            spans.append((start, i))
-            start, used = i, 0
-        used += n
-    spans.append((start, len(counts)))
-    return spans
+    start = 0
+    while True:
+        end, used = start, 0
+        while end < n and (end == start or used + max(counts[end], 1) <= budget):
+            used += max(counts[end], 1)
+            end += 1
+        spans.append((start, end))
+        if end >= n:
+            return spans
+        # the next window starts as early as the overlap allows, but always moves forward
+        nxt, shared = end, 0
+        while nxt - 1 > start and shared + max(counts[nxt - 1], 1) <= stride:
+            nxt -= 1
+            shared += max(counts[nxt], 1)
+        start = nxt
 
 
-def encode_words(tokenizer: Any, sentences: list[list[str]], max_length: int) -> list[WordChunk]:
-    """Encode pre-split sentences into chunks that each fit `max_length`."""
-    budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
-    pieces: list[tuple[int, int, list[str]]] = []
-    for s, counts in enumerate(_subword_counts(tokenizer, sentences)):
-        for start, end in _chunk_spans(counts, budget):
-            pieces.append((s, start, sentences[s][start:end]))
-    if not pieces:
+def owners(spans: list[tuple[int, int]], n_words: int) -> list[int]:
+    """For each word, the window where it is most central (farthest from both window edges);
+    ties go to the earlier window."""
+    best = [-1] * n_words
+    margin = [-1] * n_words
+    for index, (start, end) in enumerate(spans):
+        for w in range(start, end):
+            m = min(w - start, end - 1 - w)
+            if m > margin[w]:
+                best[w], margin[w] = index, m
+    return best
+
+
+def _sentence_windows(sentence: int, word_ids: list[int | None], ids: list[int], max_length: int,
+                      prefix: list[int], suffix: list[int], stride: int) -> list[WordChunk]:
+    """Windows of one sentence from its full encoding (specials included)."""
+    if len(ids) <= max_length:  # the common case: one window, the encoding as it is
+        wids = [-1 if w is None else w for w in word_ids]
+        first, last = [-1] * len(ids), [-1] * len(ids)
+        for pos, w in enumerate(wids):
+            if w >= 0:
+                if pos == 0 or wids[pos - 1] != w:
+                    first[pos] = w
+                if pos + 1 == len(wids) or wids[pos + 1] != w:
+                    last[pos] = w
+        return [WordChunk(sentence, ids, [0] * len(ids), first, last, wids)]
+    body = [(w, t) for w, t in zip(word_ids, ids) if w is not None]
+    n_words = body[-1][0] + 1 if body else 0
+    pieces: list[list[int]] = [[] for _ in range(n_words)]
+    for w, t in body:
+        pieces[w].append(t)
+    budget = max_length - len(prefix) - len(suffix)
+    spans = window_spans([len(p) for p in pieces], budget, stride)
+    owner = owners(spans, n_words)
+    chunks = []
+    for index, (start, end) in enumerate(spans):
+        sub = [(w, t) for w in range(start, end) for t in pieces[w]][:budget]
+        wids = [-1] * len(prefix) + [w for w, _ in sub] + [-1] * len(suffix)
+        input_ids = prefix + [t for _, t in sub] + suffix
+        first, last = [-1] * len(wids), [-1] * len(wids)
+        for pos, w in enumerate(wids):
+            if w >= 0 and owner[w] == index:
+                if pos == 0 or wids[pos - 1] != w:
+                    first[pos] = w
+                if pos + 1 == len(wids) or wids[pos + 1] != w:
+                    last[pos] = w
+        chunks.append(WordChunk(sentence, input_ids, [0] * len(input_ids), first, last, wids))
+    return chunks
+
+
+def encode_words(tokenizer: Any, sentences: list[list[str]], max_length: int,
+                 stride: int = DEFAULT_STRIDE) -> list[WordChunk]:
+    """Encode pre-split sentences into windows that each fit `max_length` (in sentence order)."""
+    if not sentences:
         return []
-    enc = tokenizer([p[2] for p in pieces], is_split_into_words=True, truncation=True, max_length=max_length)
+    prefix, suffix = _special_frame(tokenizer)
+    stride = min(stride, max(0, (max_length - len(prefix) - len(suffix)) // 2))  # keep windows moving
+    # one batched call with specials: the same call a plain fast-tokenizer user makes
+    enc = tokenizer(sentences, is_split_into_words=True)
     chunks: list[WordChunk] = []
-    for i, (sentence, start, _) in enumerate(pieces):
-        first: list[int] = []
-        seen: set[int] = set()
-        for wid in enc.word_ids(i):
-            if wid is None or wid in seen:
-                first.append(-1)
-            else:
-                seen.add(wid)
-                first.append(start + wid)
-        types = enc["token_type_ids"][i] if "token_type_ids" in enc else [0] * len(first)
-        chunks.append(WordChunk(sentence, enc["input_ids"][i], types, first))
+    for s in range(len(sentences)):
+        chunks += _sentence_windows(s, enc.word_ids(s), enc["input_ids"][s], max_length, prefix, suffix, stride)
     return chunks
 
 
@@ -81,17 +140,129 @@ def encode_texts(tokenizer: Any, texts: list[str], pairs: list[str] | None, max_
     return tokenizer(texts, pairs, truncation=True, max_length=max_length)
 
 
-def tokenize_examples(examples: list[Example], task_type: str, labels: list[str], tokenizer: Any,
-                      max_length: int) -> list[dict[str, list[int] | int]]:
-    """Training features: input_ids, token_type_ids and labels (a list for tokens, an int for sequences)."""
+@dataclass
+class TokenizeStats:
+    examples: int = 0
+    inputs: int = 0
+    tokens: int = 0
+    windowed: int = 0  # token tasks: sentences split into more than one window
+    # sentence tasks: texts cut at max_length; token tasks: words left without a labelled
+    # position (a word the tokenizer turns into no subword at all)
+    truncated: int = 0
+    labels: Counter[str] = field(default_factory=Counter)
+
+    def add(self, other: "TokenizeStats") -> None:
+        self.examples += other.examples
+        self.inputs += other.inputs
+        self.tokens += other.tokens
+        self.windowed += other.windowed
+        self.truncated += other.truncated
+        self.labels.update(other.labels)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"examples": self.examples, "inputs": self.inputs, "tokens": self.tokens,
+                "windowed": self.windowed, "truncated": self.truncated,
+                "label_distribution": dict(sorted(self.labels.items()))}
+
+
+def _align(chunk: WordChunk, tags: list[str], label_id: dict[str, int], alignment: LabelAlignment) -> list[int]:
+    if alignment == "first":
+        return [IGNORE if w < 0 else label_id[tags[w]] for w in chunk.first_subword_word]
+    if alignment == "last":
+        return [IGNORE if w < 0 else label_id[tags[w]] for w in chunk.last_subword_word]
+    owned = {w for w in chunk.first_subword_word if w >= 0}
+    return [label_id[tags[w]] if w in owned else IGNORE for w in chunk.word_ids]
+
+
+def _token_features(examples: list[Example], label_id: dict[str, int], tokenizer: Any, max_length: int,
+                    alignment: LabelAlignment, stride: int) -> tuple[list[dict[str, Any]], TokenizeStats]:
+    stats = TokenizeStats(examples=len(examples))
+    rows: list[dict[str, Any]] = []
+    chunks = encode_words(tokenizer, [ex.tokens or [] for ex in examples], max_length, stride)
+    per_sentence = Counter(c.sentence for c in chunks)
+    for c in chunks:
+        tags = examples[c.sentence].tags or []
+        rows.append({"input_ids": c.input_ids, "token_type_ids": c.token_type_ids,
+                     "labels": _align(c, tags, label_id, alignment)})
+        stats.tokens += len(c.input_ids)
+    stats.inputs = len(rows)
+    stats.windowed = sum(1 for n in per_sentence.values() if n > 1)
+    owned = sum(1 for c in chunks for w in c.first_subword_word if w >= 0)
+    stats.truncated = sum(len(ex.tokens or []) for ex in examples) - owned
+    for ex in examples:
+        stats.labels.update(ex.tags or [])
+    return rows, stats
+
+
+def _sequence_features(examples: list[Example], task_type: str, label_id: dict[str, int], tokenizer: Any,
+                       max_length: int) -> tuple[list[dict[str, Any]], TokenizeStats]:
+    pairs = [ex.text_pair or "" for ex in examples] if task_type == "sequence_pair_classification" else None
+    texts = [ex.text or "" for ex in examples]
+    # untruncated first, to count what truncation cuts; only the long ones are encoded again
+    enc = tokenizer(texts, pairs)
+    ids, types = enc["input_ids"], enc.get("token_type_ids") or [[0] * len(i) for i in enc["input_ids"]]
+    long = [i for i, row in enumerate(ids) if len(row) > max_length]
+    if long:
+        cut = tokenizer([texts[i] for i in long], [pairs[i] for i in long] if pairs else None, truncation=True,
+                        max_length=max_length)
+        for j, i in enumerate(long):
+            ids[i] = cut["input_ids"][j]
+            types[i] = cut["token_type_ids"][j] if "token_type_ids" in cut else [0] * len(ids[i])
+    rows = [{"input_ids": i, "token_type_ids": t, "labels": label_id[ex.label or ""]}
+            for i, t, ex in zip(ids, types, examples)]
+    stats = TokenizeStats(examples=len(examples), inputs=len(rows), tokens=sum(len(i) for i in ids),
+                          truncated=len(long), labels=Counter(ex.label or "" for ex in examples))
+    return rows, stats
+
+
+def _tokenize_batch(examples: list[Example], task_type: str, labels: list[str], tokenizer: Any, max_length: int,
+                    alignment: LabelAlignment, stride: int) -> tuple[list[dict[str, Any]], TokenizeStats]:
     label_id = {lab: i for i, lab in enumerate(labels)}
     if task_type == "token_classification":
-        chunks = encode_words(tokenizer, [ex.tokens or [] for ex in examples], max_length)
-        return [{"input_ids": c.input_ids, "token_type_ids": c.token_type_ids,
-                 "labels": [IGNORE if w < 0 else label_id[examples[c.sentence].tags[w]]  # type: ignore[index]
-                            for w in c.first_subword_word]} for c in chunks]
-    pairs = [ex.text_pair or "" for ex in examples] if task_type == "sequence_pair_classification" else None
-    enc = encode_texts(tokenizer, [ex.text or "" for ex in examples], pairs, max_length)
-    types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
-    return [{"input_ids": ids, "token_type_ids": tt, "labels": label_id[ex.label]}  # type: ignore[index]
-            for ids, tt, ex in zip(enc["input_ids"], types, examples)]
+        return _token_features(examples, label_id, tokenizer, max_length, alignment, stride)
+    return _sequence_features(examples, task_type, label_id, tokenizer, max_length)
+
+
+def _batches(examples: list[Example], size: int) -> Iterator[list[Example]]:
+    for start in range(0, len(examples), size):
+        yield examples[start:start + size]
+
+
+def tokenize_with_stats(examples: list[Example], task_type: str, labels: list[str], tokenizer: Any,
+                        max_length: int, alignment: LabelAlignment = "first", stride: int = DEFAULT_STRIDE,
+                        num_proc: int = 1, batch_size: int = 1000,
+                        desc: str = "tokenize") -> tuple[list[dict[str, Any]], TokenizeStats]:
+    """Training features (input_ids, token_type_ids, labels: a list for tokens, an int for
+    sequences) in example order, and their statistics. Batches of `batch_size` go through the
+    fast tokenizer; `num_proc` > 1 spreads the batches over worker processes."""
+    from tqdm.auto import tqdm
+
+    rows: list[dict[str, Any]] = []
+    stats = TokenizeStats()
+    args = (task_type, labels, tokenizer, max_length, alignment, stride)
+    batches = list(_batches(examples, batch_size))
+    # disable=None: a bar on a terminal, silence in logs and tests
+    with tqdm(total=len(examples), desc=desc, unit="ex", disable=None) as bar:
+        if num_proc > 1 and len(batches) > 1:
+            # fork shares the loaded tokenizer; spawn would re-import transformers per worker
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context(method)) as pool:
+                results = pool.map(_tokenize_batch, batches, *[[a] * len(batches) for a in args])
+                for batch, (part, part_stats) in zip(batches, results):
+                    rows += part
+                    stats.add(part_stats)
+                    bar.update(len(batch))
+        else:
+            for batch in batches:
+                part, part_stats = _tokenize_batch(batch, *args)
+                rows += part
+                stats.add(part_stats)
+                bar.update(len(batch))
+    return rows, stats
+
+
+def tokenize_examples(examples: list[Example], task_type: str, labels: list[str], tokenizer: Any,
+                      max_length: int, alignment: LabelAlignment = "first",
+                      stride: int = DEFAULT_STRIDE) -> list[dict[str, Any]]:
+    """Training features only (see `tokenize_with_stats`)."""
+    return tokenize_with_stats(examples, task_type, labels, tokenizer, max_length, alignment, stride)[0]

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows.config import REFUSED, check_config, load_config
+from flows.config import REFUSED, ConfigError, check_config, load_config, semantic_problems
 
 
 def _quiet_defaults() -> None:
@@ -17,14 +17,25 @@ def _quiet_defaults() -> None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from data_prep.ingest import ingest_task
+    """Config and data problems of every task, reported together; nothing is trained."""
+    from data_prep.errors import DataValidationError
+    from data_prep.ingest import TaskData, validate_tasks
 
     config = load_config(args.config)
-    check_config(config, args.config)
-    for task in config.tasks:
-        data = ingest_task(task, config.resolved_data_dir())
+    problems = semantic_problems(config)
+    loaded: dict[str, TaskData] = {}
+    try:
+        loaded = validate_tasks(config.tasks, config.resolved_data_dir(), s3=config.storage.s3)
+    except DataValidationError as exc:
+        # the config check already names missing files; keep each problem once
+        problems += [p for p in map(str, exc.issues) if p not in problems]
+        if exc.dropped:
+            problems.append(f"... and {exc.dropped} more data problems")
+    if problems:
+        raise ConfigError(args.config, problems)
+    for name, data in loaded.items():
         counts = ", ".join(f"{split} {len(ex)}" for split, ex in data.splits.items())
-        print(f"{task.name}: {task.type}, {len(data.labels)} labels, {counts}")
+        print(f"{name}: {data.type}, {len(data.labels)} labels, {counts}")
     print(f"{args.config}: OK")
     return 0
 

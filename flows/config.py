@@ -11,12 +11,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from data_prep.config import TaskDataConfig
+from data_prep.config import S3Config, TaskDataConfig, TokenizeConfig
 from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
 from training.config import (DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig,
                              TrainingConfig, deepspeed_problems, training_problems)
+from training.compat import combination_problems
+from training.affinity import AffinityConfig
 from training.registries import lookup
 from training.sampling import SAMPLERS
 from training.sharing import SHARING
@@ -35,6 +37,16 @@ class StorageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: str = Field(".mtl", description="state directory: runs, checkpoints, exports, MLflow store")
+    cache: str | None = Field(
+        None, description="content-addressed cache of ingested and tokenized data: a folder or s3://bucket/prefix "
+                          "(default: <root>/cache)")
+    s3: S3Config = Field(S3Config(), description="endpoint, region and credentials for s3:// data and cache; "
+                                                 "unset values fall back to the AWS_* environment variables")
+
+    def cache_root(self) -> str:
+        """Absolute, so every task (and a retry on another machine's checkout) finds the same entries."""
+        cache = self.cache or str(Path(self.root) / "cache")
+        return cache if "://" in cache else str(Path(cache).resolve())
 
 
 class PipelineConfig(BaseModel):
@@ -44,9 +56,11 @@ class PipelineConfig(BaseModel):
     data_dir: str | None = Field(None, description="base for relative data paths; MTL_DATA_DIR wins")
     encoder: EncoderConfig = EncoderConfig()
     tasks: list[TaskDataConfig] = Field(min_length=1)
+    tokenize: TokenizeConfig = TokenizeConfig()
     training: TrainingConfig = TrainingConfig()
     deepspeed: DeepSpeedConfig = DeepSpeedConfig()
     storage: StorageConfig = StorageConfig()
+    affinity: AffinityConfig = AffinityConfig()
     registry: RegistryConfig = RegistryConfig()
     promotion: PromotionConfig = PromotionConfig()
 
@@ -95,12 +109,13 @@ def semantic_problems(cfg: PipelineConfig) -> list[str]:
         except KeyError as exc:
             problems.append(f"{key}: {exc.args[0]}")
     names = [t.name for t in cfg.tasks]
+    problems += combination_problems(cfg.training, cfg.deepspeed, names)  # issue 5: strategy x engine
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: task name {dup!r} is used more than once; names must be unique")
     problems += deepspeed_problems(cfg.deepspeed) + training_problems(cfg.training)
     issues = IssueCollector()
     for index, task in enumerate(cfg.tasks):
-        check_task_config(task, cfg.resolved_data_dir(), issues)
+        check_task_config(task, cfg.resolved_data_dir(), issues, cfg.storage.s3)
     problems += [str(i) for i in issues.issues]
     return problems
 

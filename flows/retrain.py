@@ -14,7 +14,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.config import PipelineConfig, load_config  # noqa: E402
-from flows.tasks import evaluate, ingest, prepare_run, promote, register, tokenize, train  # noqa: E402
+from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
+                         register, task_affinity, tokenize, tokenize_metrics, train)
 from training.tasks import TaskSpec  # noqa: E402
 
 
@@ -37,24 +38,31 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
 
 
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.")
-def retrain(config: PipelineConfig) -> dict[str, Any]:
+def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """`previous_labels`: task name -> the label list of the model being replaced (the champion's
+    card), so existing labels keep their ids and new ones are appended. None: the champion's."""
     run_dir = prepare_run(config)
-    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir)
-    tokenized = tokenize(config.tasks, ingested, config.encoder, run_dir)
+    if previous_labels is None:
+        previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root)
+    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
+    tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
     specs = [TaskSpec(name=t.name, type=t.type, labels=ingested[t.name]["labels"], label_scheme=t.label_scheme)
              for t in config.tasks]
-    export_dir = train(config.encoder, config.training, config.deepspeed, specs,
-                       {n: r["features"] for n, r in tokenized.items()}, run_dir)
+    features = {n: r["features"] for n, r in tokenized.items()}
+    export_dir = train(config.encoder, config.training, config.deepspeed, specs, features, run_dir)
     metrics = evaluate(export_dir, specs, {n: r["splits"]["dev"] for n, r in ingested.items()},
                        config.training.eval_batch_size)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
-                          mlflow_params(config), metrics)
+                          mlflow_params(config), metrics,
+                          {**tokenize_metrics(tokenized), **task_affinity(export_dir, features, config.affinity)})
     decision = promote(registered, specs, config.promotion)
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
     return {"model_name": registered["model_name"], "version": registered["version"],
             "aliases": sorted(set(aliases)), "tracking_uri": registered["tracking_uri"],
             "run_id": registered["run_id"], "promoted": decision["promoted"], "gate": decision["reasons"],
-            "metrics": metrics, "run_dir": run_dir}
+            "metrics": metrics, "run_dir": run_dir,
+            "data": {n: {"stats": r["stats"], "cached": r["cached"] and ingested[n]["cached"]}
+                     for n, r in tokenized.items()}}
 
 
 @flow(name="retrain-from-file", description="Load a pipeline YAML and run retrain (for scheduled deployments).")

@@ -10,12 +10,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from data_prep.config import TaskDataConfig
-from data_prep.stage import atomic_write_text, ingest_to, tokenize_to
-from flows.config import REFUSED, PipelineConfig, check_config
+from data_prep.cache import ArtifactCache
+from data_prep.config import TaskDataConfig, TokenizeConfig
+from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
+from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model import resolve_encoder_path
-from training.registry import default_artifact_root, promote_if_better, register_model, tracking_uri
+from training.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
+from training.export import CARD
+from training.registry import (CARD_ARTIFACT, champion_labels, default_artifact_root, promote_if_better,
+                               register_model, tracking_uri)
 from training.run import evaluate_model, train_model
 from training.tasks import TaskSpec
 
@@ -48,25 +52,54 @@ def prepare_run(config: PipelineConfig) -> str:
     return str(run_dir)
 
 
+@task(name="champion-labels", **TASK_DEFAULTS)
+def champion_label_maps(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str) -> dict[str, list[str]]:
+    """The champion's label lists: a retrain keeps their ids stable and appends new labels."""
+    found = champion_labels(tracking_uri(registry, state_dir), registry.model_name, promotion.alias)
+    get_run_logger().info("label maps from %s", f"{registry.model_name}@{promotion.alias}" if found else "scratch")
+    return found or {}
+
+
 @task(name="ingest", **TASK_DEFAULTS)
-def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str) -> dict[str, dict[str, Any]]:
-    out = {t.name: ingest_to(t, data_dir, Path(run_dir) / "data") for t in tasks}
-    rows = [{"task": n, "labels": len(r["labels"]), **r["counts"]} for n, r in out.items()]
+def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str, storage: StorageConfig,
+           previous_labels: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """Read and validate every task, or take it from the content-addressed cache.
+    `previous_labels` maps a task to the champion model's label list: those keep their ids."""
+    previous = previous_labels or {}
+    cache = ArtifactCache(storage.cache_root(), storage.s3)
+    out = {t.name: ingest_cached(t, data_dir, cache, Path(run_dir) / "data", storage.s3, previous.get(t.name))
+           for t in tasks}
+    rows = [{"task": n, "labels": len(r["labels"]), **r["counts"], "cached": r["cached"]} for n, r in out.items()]
     create_table_artifact(rows, key="ingest-counts", description="examples per task and split")
+    get_run_logger().info("ingest: %s", ", ".join(f"{n} {'cached' if r['cached'] else 'read'}" for n, r in out.items()))
     return out
 
 
 @task(name="tokenize", **TASK_DEFAULTS)
 def tokenize(tasks: list[TaskDataConfig], ingested: dict[str, dict[str, Any]], encoder: EncoderConfig,
-             run_dir: str) -> dict[str, dict[str, Any]]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(encoder.name_or_path))
-    out = {t.name: tokenize_to(t, ingested[t.name], tokenizer, encoder.max_length, Path(run_dir) / "data")
-           for t in tasks}
-    rows = [{k: v for k, v in r.items() if k != "features"} for r in out.values()]
+             settings: TokenizeConfig, run_dir: str, storage: StorageConfig) -> dict[str, dict[str, Any]]:
+    """Tokenize every task's train split, or take it from the cache. Each result's `stats`
+    (examples, inputs, tokens, windowed, truncated, label_distribution) is meant for MLflow."""
+    cache = ArtifactCache(storage.cache_root(), storage.s3)
+    path = resolve_encoder_path(encoder.name_or_path)
+    out = {t.name: tokenize_cached(t, ingested[t.name], path, encoder.max_length, settings, cache,
+                                   Path(run_dir) / "data") for t in tasks}
+    rows = [{"task": n, **{k: v for k, v in r["stats"].items() if k != "label_distribution"},
+             "labels": json.dumps(r["stats"]["label_distribution"]), "cached": r["cached"]} for n, r in out.items()]
     create_table_artifact(rows, key="tokenize-stats", description="tokenized training inputs per task")
     return out
+
+
+def tokenize_metrics(tokenized: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Flat numbers for MLflow (`mlflow.log_metrics`): data.<task>.<stat> and label counts."""
+    flat: dict[str, float] = {}
+    for name, result in tokenized.items():
+        for stat, value in result["stats"].items():
+            if stat == "label_distribution":
+                flat.update({f"data.{name}.label.{label}": float(n) for label, n in value.items()})
+            else:
+                flat[f"data.{name}.{stat}"] = float(value)
+    return flat
 
 
 @task(name="train", **TASK_DEFAULTS)
@@ -86,15 +119,29 @@ def evaluate(export_dir: str, specs: list[TaskSpec], dev_files: dict[str, str],
     return metrics
 
 
+@task(name="task-affinity", **TASK_DEFAULTS)
+def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityConfig) -> dict[str, float]:
+    """How a step on each task moves every task's loss: a table artifact, and MLflow metrics."""
+    if settings.method == "off":
+        return {}
+    report = affinity_from_export(export_dir, features, settings.method, settings.rounds, settings.batch_size)
+    create_table_artifact(affinity_table(report), key="task-affinity",
+                          description=f"{settings.method} affinity: row = task stepped on, column = task whose "
+                                      "loss moves; positive = helps")
+    get_run_logger().info("task affinity (%s):\n%s", settings.method, affinity_markdown(report))
+    return affinity_metrics(report)
+
+
 @task(name="register", **TASK_DEFAULTS)
 def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str, run_dir: str,
-             export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+             export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]],
+             data_metrics: dict[str, float]) -> dict[str, Any]:
     uri = tracking_uri(registry, state_dir)
-    artifacts = {name: str(Path(run_dir) / file) for name, file in
-                 (("config", "config.resolved.json"), ("training", "train_metrics.jsonl"))
-                 if (Path(run_dir) / file).exists()}
-    registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name, export_dir, params, metrics,
-                                artifacts, promotion.challenger_alias)
+    files = {"config": Path(run_dir) / "config.resolved.json", "training": Path(run_dir) / "train_metrics.jsonl",
+             CARD_ARTIFACT: Path(export_dir) / CARD}
+    artifacts = {name: str(path) for name, path in files.items() if path.exists()}
+    registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name,
+                                export_dir, params, metrics, artifacts, promotion.challenger_alias, data_metrics)
     get_run_logger().info("registered %s version %s", registered.model_name, registered.version)
     return registered.__dict__
 

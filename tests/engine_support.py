@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from data_prep.config import TaskDataConfig
-from data_prep.stage import ingest_to, tokenize_to
+from data_prep.cache import ArtifactCache
+from data_prep.config import TaskDataConfig, TokenizeConfig
+from data_prep.stage import ingest_cached, tokenize_cached
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.run import train_model
@@ -19,11 +20,13 @@ def tiny_tasks(encoder: Path, data_dir: Path, out: Path) -> tuple[list[TaskSpec]
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
+    cache = ArtifactCache(str(out / "cache"))
     specs, features = [], {}
     for raw in tiny_config(encoder, out, data_dir)["tasks"]:
         cfg = TaskDataConfig.model_validate(raw)
-        ingested = ingest_to(cfg, str(data_dir), out / "data")
-        features[cfg.name] = tokenize_to(cfg, ingested, tokenizer, 48, out / "data")["features"]
+        ingested = ingest_cached(cfg, str(data_dir), cache, out / "data")
+        features[cfg.name] = tokenize_cached(cfg, ingested, str(encoder), 48, TokenizeConfig(), cache,
+                                             out / "data", tokenizer)["features"]
         specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"],
                               label_scheme=cfg.label_scheme))
     return specs, features

@@ -81,3 +81,18 @@ def _labels(summary: dict, task: str) -> str:
     from pathlib import Path
 
     return (Path(summary["run_dir"]) / "data" / task / "labels.json").read_text()
+
+
+def test_second_run_keeps_label_ids_and_logs_data_statistics(runs):
+    first, second = runs
+    for task in ("pos", "ner", "sst2"):
+        assert json.loads(_labels(second, task)) == json.loads(_labels(first, task))
+    logged = MlflowClient(second["tracking_uri"]).get_run(second["run_id"]).data.metrics
+    assert logged["data.pos.examples"] == 128 and logged["data.ner.tokens"] > 0
+
+
+def test_task_affinity_matrix_is_logged(runs):
+    first, _ = runs
+    logged = MlflowClient(first["tracking_uri"]).get_run(first["run_id"]).data.metrics
+    cells = {k for k in logged if k.startswith("affinity.")}
+    assert cells == {f"affinity.{i}.{j}" for i in ("pos", "ner", "sst2") for j in ("pos", "ner", "sst2")}

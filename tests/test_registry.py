@@ -61,3 +61,19 @@ def test_register_is_idempotent_and_promotion_follows_the_gate(export, tmp_path)
     assert set_champion(uri, "m", "1") == "2"
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
     assert Path(tmp_path / "artifacts").is_dir()
+
+
+def test_champion_label_maps_come_from_the_registered_card(export, tmp_path):
+    from training.export import CARD
+    from training.registry import CARD_ARTIFACT, champion_labels
+
+    missing = tmp_path / "none.db"
+    assert champion_labels(f"sqlite:///{missing}", "m", "champion") is None
+    assert not missing.exists(), "looking must not create a store"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = RegistryConfig(model_name="m", experiment="e")
+    reg = register_model(cfg, uri, (tmp_path / "a").as_uri(), "run-a", export, {}, {"pos": {"accuracy": 0.5}},
+                         {CARD_ARTIFACT: str(Path(export) / CARD)}, "challenger")
+    assert champion_labels(uri, "m", "champion") is None
+    set_champion(uri, "m", reg.version)
+    assert champion_labels(uri, "m", "champion") == {"pos": ["NOUN", "VERB"]}

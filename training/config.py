@@ -53,6 +53,9 @@ class TrainingConfig(BaseModel):
     length_bucket_batches: int = Field(64, ge=1, description="global batches per length-sorted bucket; larger "
                                        "buckets pad less but make batch composition less random")
     weighting: str = Field("equal", description="loss weighting name")
+    # issue 5: parameters of the chosen strategy / weighting, validated by the strategy's own model
+    sharing_params: dict[str, Any] = Field(default_factory=dict, description="sharing strategy parameters")
+    weighting_params: dict[str, Any] = Field(default_factory=dict, description="loss weighting parameters")
     checkpoint_every: int = Field(200, gt=0, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     log_every: int = Field(20, gt=0)

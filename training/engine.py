@@ -113,6 +113,42 @@ class Engine:
     def train(self) -> None:
         self.engine.train()
 
+    # -- issue 5: one step over every task, combined by a loss weighting --
+    def train_multitask_step(self, batches: dict[str, dict[str, torch.Tensor]], weighting: Any) -> dict[str, float]:
+        """One micro-batch of each task in `weighting.tasks` order, then one backward of
+        sum_t c_t L_t. When the weighting needs gradients, each task's gradient at the model's
+        probe parameters (a few unpartitioned shared parameters) is taken with autograd.grad from
+        the model's un-hooked `LossHandle` (a gradient through the returned, hooked loss would make
+        DeepSpeed run a whole backward epilogue) and never fires ZeRO's gradient hooks; the
+        gradients are averaged over processes, so every process computes the same coefficients.
+        Returns each task's unweighted loss, averaged over processes."""
+        losses, raws, handles = [], [], []
+        for task in weighting.tasks:
+            batch = {k: v.to(self.engine.device) for k, v in batches[task].items()}
+            loss, _, raw, handle = self.engine(task, **batch, return_raw=True)
+            losses.append(loss)
+            raws.append(raw.float())
+            handles.append(handle.loss)
+        mean_raw = self._mean_over_ranks(torch.stack(raws))
+        grads = None
+        if weighting.needs_grads:
+            probe = self.engine.module.sharing.probe_parameters()
+            grads = self._mean_over_ranks(torch.stack([
+                torch.cat([g.reshape(-1).float() for g in torch.autograd.grad(
+                    loss, probe, retain_graph=True, allow_unused=True, materialize_grads=True)])
+                for loss in handles]))
+        coefficients = weighting.combine(mean_raw.cpu(), None if grads is None else grads.cpu())
+        self.engine.backward(sum(float(c) * loss for c, loss in zip(coefficients, losses)))
+        self.engine.step()
+        return dict(zip(weighting.tasks, mean_raw.tolist()))
+
+    def _mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+            tensor /= dist.get_world_size()
+        return tensor
+
     # -- checkpoints: every rank writes its files, the store makes them visible with a marker --
     def save(self, store: CheckpointStore, step: int, client_state: dict[str, Any],
              rank_state: dict[str, Any], keep: int) -> None:

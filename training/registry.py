@@ -5,6 +5,7 @@ version it already made instead of registering a duplicate.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,10 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
 from training.config import PromotionConfig, RegistryConfig
+from training.export import CARD
 
 RUN_KEY = "mtl.run_key"
+CARD_ARTIFACT = "card"  # the exported model card, logged beside the model for cheap lookups
 PACKAGE_DIRS = [str(Path(__file__).resolve().parents[1] / p) for p in ("training", "data_prep")]
 PYFUNC_FILE = str(Path(__file__).with_name("pyfunc_model.py"))
 
@@ -69,8 +72,10 @@ def existing_version(client: MlflowClient, model_name: str, run_id: str) -> Mode
 
 def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run_key: str, export_dir: str,
                    params: dict[str, Any], metrics: dict[str, dict[str, float]],
-                   artifacts: dict[str, str], challenger_alias: str) -> Registered:
-    """Log params, metrics and the pyfunc model in one MLflow run; register one version."""
+                   artifacts: dict[str, str], challenger_alias: str,
+                   extra_metrics: dict[str, float] | None = None) -> Registered:
+    """Log params, metrics (dev metrics per task, plus e.g. data statistics) and the pyfunc model
+    in one MLflow run; register one version."""
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, cfg.experiment, artifact_root)
@@ -81,6 +86,8 @@ def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run
                           tags={RUN_KEY: run_key}) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({metric_key(t, m): v for t, ms in metrics.items() for m, v in ms.items()})
+        if extra_metrics:
+            mlflow.log_metrics(extra_metrics)
         for name, path in artifacts.items():
             mlflow.log_artifact(path, artifact_path=name)
         info = mlflow.pyfunc.log_model(
@@ -90,6 +97,20 @@ def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run
         run_id = run.info.run_id
     version = client.get_model_version(cfg.model_name, str(info.registered_model_version))
     return _with_alias(client, cfg.model_name, version, run_id, uri, challenger_alias)
+
+
+def champion_labels(uri: str, model_name: str, alias: str) -> dict[str, list[str]] | None:
+    """Each task's label list in the model holding `alias`, so a retrain keeps their ids.
+    None when there is no such model yet (a database store is not created just to look)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None
+    client = MlflowClient(uri)
+    try:
+        version = client.get_model_version_by_alias(model_name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
+    card = json.loads(Path(client.download_artifacts(version.run_id, f"{CARD_ARTIFACT}/{CARD}")).read_text())
+    return {t["name"]: list(t["labels"]) for t in card["tasks"]}
 
 
 def _with_alias(client: MlflowClient, name: str, version: ModelVersion, run_id: str, uri: str,

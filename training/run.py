@@ -15,6 +15,8 @@ from training.evaluate import evaluate_task
 from training.export import CARD
 from training.launcher import free_port, launch_command, run_launcher, write_hostfile
 from training.predict import Predictor
+from training.registries import lookup
+from training.sharing import SHARING
 from training.tasks import TaskSpec
 from training.worker import WorkerSpec
 
@@ -42,11 +44,16 @@ def checkpoint_location(training: TrainingConfig, run: Path) -> tuple[str, str |
 
 def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig,
                 tasks: list[TaskSpec], features: dict[str, str], run_dir: str | Path,
-                log: Callable[[str], None]) -> str:
+                log: Callable[[str], None], init_from: str | None = None) -> str:
     """Launch distributed training (this node's part of it); resume from the newest complete
-    checkpoint of this run if there is one. Returns the exported model folder (written by node 0)."""
+    checkpoint of this run if there is one. Returns the exported model folder (written by node 0).
+    A staged strategy (e.g. `transfer`) runs its own stages, each through this function;
+    `init_from` starts the model from an export's weights."""
     if problems := deepspeed_problems(deepspeed) + training_problems(training):
         raise ValueError("; ".join(problems))
+    stages = getattr(lookup(SHARING, training.sharing, "sharing strategy"), "train_stages", None)
+    if stages is not None:
+        return stages()(encoder, training, deepspeed, tasks, features, run_dir, log)
     run = Path(run_dir)
     export_dir = run / "model"
     if (export_dir / CARD).is_file():
@@ -57,7 +64,7 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
     checkpoints, staging = checkpoint_location(training, run)
     spec = WorkerSpec(encoder=encoder, training=training, deepspeed=deepspeed, tasks=tasks, features=features,
                       checkpoint_dir=checkpoints, checkpoint_staging_dir=staging, export_dir=str(export_dir),
-                      metrics_file=str(run / "train_metrics.jsonl"))
+                      metrics_file=str(run / "train_metrics.jsonl"), init_from=init_from)
     spec_path = run / "train_spec.json"
     atomic_write_text(spec_path, spec.model_dump_json(indent=2))
     hostfile = training.hostfile

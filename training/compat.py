@@ -1,0 +1,19 @@
+"""Which sharing strategies and loss weightings can run with which engine settings: every
+problem is found at config validation, named by its key, before any process starts."""
+from __future__ import annotations
+
+from training.config import DeepSpeedConfig, TrainingConfig
+from training.sharing import SHARING
+from training.weighting import WEIGHTINGS
+
+
+def combination_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, tasks: list[str]) -> list[str]:
+    """Parameter and engine-compatibility problems of the chosen strategy and weighting
+    (unknown names are reported by the registry check)."""
+    problems: list[str] = []
+    facts = (tasks, deepspeed.zero_stage, deepspeed.precision)
+    if training.sharing in SHARING:
+        problems += SHARING[training.sharing].config_problems(training.sharing_params, *facts)  # type: ignore[attr-defined]
+    if training.weighting in WEIGHTINGS:
+        problems += WEIGHTINGS[training.weighting].config_problems(training.weighting_params, *facts)
+    return problems

@@ -1,0 +1,41 @@
+"""`hard`: hard parameter sharing (Caruana, "Multitask Learning", Machine Learning 28, 1997).
+Every task reads the same final encoder states."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from training.sharing.common import NoParams, encode, last_layer_norm, param_problems
+from training.tasks import TaskSpec
+
+
+class HardSharing(nn.Module):
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], **params: Any) -> None:
+        super().__init__()
+        self.params = self.Params(**params)
+        self.encoder = encoder
+
+    def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return encode(self.encoder, input_ids, attention_mask, token_type_ids), None
+
+    def shared_pass(self, tasks: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        hidden = encode(self.encoder, input_ids, attention_mask, token_type_ids)
+        return {task: hidden for task in tasks}
+
+    def probe_parameters(self) -> list[nn.Parameter]:
+        return last_layer_norm(self.encoder)
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+    @classmethod
+    def config_problems(cls, params: dict[str, Any], tasks: list[str], zero_stage: int,
+                        precision: str) -> list[str]:
+        return param_problems(NoParams, params, "training.sharing_params")
