@@ -14,6 +14,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 COMPLETE = "COMPLETE"
 
@@ -43,7 +44,8 @@ class CheckpointStore:
         self.local = str(staging_dir if self.remote else uri)
         Path(self.local).mkdir(parents=True, exist_ok=True)
 
-    def _fs(self):  # noqa: ANN202 - an fsspec filesystem; imported lazily so local runs need no s3fs
+    def _fs(self) -> Any:
+        """The fsspec filesystem of the store (imported lazily: local runs need no s3fs)."""
         import fsspec
 
         fs, _ = fsspec.core.url_to_fs(self.uri)
