@@ -55,3 +55,11 @@ def test_flow_parameter_schema_is_the_typed_config():
     assert "PipelineConfig" in schema["definitions"]
     assert "TaskDataConfig" in schema["definitions"]
     assert PipelineConfig.model_json_schema()["required"] == ["tasks"]
+
+
+def test_strategy_limits_apply_to_a_zero_stage_set_in_a_deepspeed_file(data_dir):
+    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    raw["training"]["weighting"] = "pcgrad"
+    raw["deepspeed"] = {"config_file": str(ROOT / "infra" / "deepspeed" / "zero3.json")}
+    with pytest.raises(ConfigError, match="deepspeed.zero_stage: a gradient-based weighting"):
+        check_config(parse_config(raw))

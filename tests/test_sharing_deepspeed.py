@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from data_prep.config import TaskDataConfig
-from data_prep.stage import ingest_to, tokenize_to
+from data_prep.cache import ArtifactCache
+from data_prep.config import TaskDataConfig, TokenizeConfig
+from data_prep.stage import ingest_cached, tokenize_cached
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.run import train_model
@@ -28,11 +29,13 @@ def demo(tiny_encoder, data_dir, tmp_path_factory) -> dict[str, Any]:
     raw = tiny_config(tiny_encoder, tmp_path_factory.mktemp("state"), data_dir)
     out = tmp_path_factory.mktemp("data")
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    cache = ArtifactCache(str(out / "cache"))
     specs, features, dev = [], {}, {}
     for task in raw["tasks"]:
         cfg = TaskDataConfig(**{**task, "max_train_examples": 64, "max_dev_examples": 16})
-        ingested = ingest_to(cfg, str(data_dir), out)
-        features[cfg.name] = tokenize_to(cfg, ingested, tokenizer, 32, out)["features"]
+        ingested = ingest_cached(cfg, str(data_dir), cache, out)
+        features[cfg.name] = tokenize_cached(cfg, ingested, str(tiny_encoder), 32, TokenizeConfig(), cache, out,
+                                             tokenizer)["features"]
         dev[cfg.name] = ingested["splits"]["dev"]
         specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"], label_scheme=cfg.label_scheme))
     return {"specs": specs, "features": features, "dev": dev,

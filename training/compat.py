@@ -2,6 +2,8 @@
 problem is found at config validation, named by its key, before any process starts."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from training.config import DeepSpeedConfig, TrainingConfig
 from training.sharing import SHARING
 from training.weighting import WEIGHTINGS
@@ -11,7 +13,10 @@ def combination_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, t
     """Parameter and engine-compatibility problems of the chosen strategy and weighting
     (unknown names are reported by the registry check)."""
     problems: list[str] = []
-    facts = (tasks, deepspeed.zero_stage, deepspeed.precision)
+    if deepspeed.config_file and not Path(deepspeed.config_file).is_file():
+        return problems  # the missing file is reported on its own; nothing to combine with yet
+    effective = deepspeed.resolved()  # a ZeRO stage or precision may come from the JSON file
+    facts = (tasks, effective.zero_stage, effective.precision)
     if training.sharing in SHARING:
         problems += SHARING[training.sharing].config_problems(training.sharing_params, *facts)  # type: ignore[attr-defined]
     if training.weighting in WEIGHTINGS:
