@@ -12,20 +12,25 @@ JSON (scores, settings, the affinity matrix of the hard/equal model) and a markd
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+
+# bench/tokenize.py shares the stdlib module's name (which inspect and linecache import): keep this
+# folder off the import path, and the project root on it, before anything else is imported.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import json
 import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep.config import TaskDataConfig  # noqa: E402
+from data_prep.cache import ArtifactCache  # noqa: E402
+from data_prep.config import TaskDataConfig, TokenizeConfig  # noqa: E402
 from data_prep.sources import default_data_dir  # noqa: E402
-from data_prep.stage import ingest_to, tokenize_to  # noqa: E402
+from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
 from training.affinity import affinity_from_export, affinity_markdown  # noqa: E402
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
 from training.run import evaluate_model, train_model  # noqa: E402
@@ -55,11 +60,14 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     data_dir = default_data_dir(None)
     if data_dir is None:
         raise SystemExit("set MTL_DATA_DIR to the folder with the corpora (or put them at ../shared/data)")
+    cache = ArtifactCache(str(work / "cache"))
     specs, features, dev = [], {}, {}
     for raw in TASKS:
         cfg = TaskDataConfig(**raw, max_train_examples=args.train_examples, max_dev_examples=args.dev_examples)
-        ingested = ingest_to(cfg, data_dir, work / "data")
-        features[cfg.name] = tokenize_to(cfg, ingested, tokenizer, args.max_length, work / "data")["features"]
+        ingested = ingest_cached(cfg, data_dir, cache, work / "data")
+        features[cfg.name] = tokenize_cached(cfg, ingested, resolve_encoder_path(encoder.name_or_path),
+                                             args.max_length, TokenizeConfig(), cache, work / "data",
+                                             tokenizer)["features"]
         dev[cfg.name] = ingested["splits"]["dev"]
         specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"], label_scheme=cfg.label_scheme))
     return {"encoder": encoder, "specs": specs, "features": features, "dev": dev}

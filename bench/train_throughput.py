@@ -17,10 +17,16 @@ Tokens are real (unpadded) tokens. No GPU here: no MFU. Targets live in this JSO
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
+
+# bench/tokenize.py shares the stdlib module's name (which inspect and linecache import): keep this
+# folder off the import path, and the project root on it, before anything else is imported.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +35,6 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from data_prep.cache import ArtifactCache  # noqa: E402
 from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
