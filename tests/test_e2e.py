@@ -28,7 +28,8 @@ def test_first_run_registers_champion(runs):
     assert first["version"] == "1" and first["promoted"] is True
     assert first["aliases"] == ["challenger", "champion"]
     client = MlflowClient(first["tracking_uri"])
-    assert str(client.get_model_version_by_alias("tiny-mtl", "champion").version) == "1"
+    # the champion may have moved on to version 2 since (see the gate test); the verdict stays
+    assert client.get_model_version("tiny-mtl", "1").tags["mtl.gate"] == "passed"
     logged = client.get_run(first["run_id"]).data.metrics
     for task, metrics in first["metrics"].items():
         for name, value in metrics.items():
