@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.nn import functional as F
 
-from training.sharing.common import GradReverse, encode, last_layer_norm, masked_mean, param_problems
+from training.sharing.common import GradReverse, SharedEncoderModule, encode, masked_mean, param_problems
 from training.tasks import TaskSpec
 
 
@@ -54,7 +54,7 @@ class PrivateEncoder(nn.Module):
         return self.norm2(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
-class AdversarialSharing(nn.Module):
+class AdversarialSharing(SharedEncoderModule):
     Params: ClassVar[type[BaseModel]] = AdversarialParams
 
     def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], **params: Any) -> None:
@@ -103,9 +103,6 @@ class AdversarialSharing(nn.Module):
                     token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         states = encode(self.encoder, input_ids, attention_mask, token_type_ids, all_layers=True)
         return {t: states[-1] + self._private(t, states[0], attention_mask) for t in tasks}
-
-    def probe_parameters(self) -> list[nn.Parameter]:
-        return last_layer_norm(self.encoder)
 
     def metrics(self) -> dict[str, float]:
         """Discriminator accuracy since the last call (on this process's batches)."""

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from training.sharing.common import NoParams, encode, last_layer_norm, param_problems
+from training.sharing.common import NoParams, SharedEncoderModule, encode, param_problems
 from training.tasks import TaskSpec
 
 
@@ -44,7 +44,7 @@ class AttentionPool(nn.Module):
         return torch.einsum("bs,bsh->bh", torch.softmax(scores, -1), hidden)
 
 
-class AttentionSharing(nn.Module):
+class AttentionSharing(SharedEncoderModule):
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], **params: Any) -> None:
@@ -78,9 +78,6 @@ class AttentionSharing(nn.Module):
         logits are partitioned away (ZeRO-3 keeps such small tensors whole by default)."""
         return {t: torch.softmax(m.logits.detach().float(), 0).tolist()
                 for t, m in self.mix.items() if m.logits.numel() > 0}
-
-    def probe_parameters(self) -> list[nn.Parameter]:
-        return last_layer_norm(self.encoder)
 
     def metrics(self) -> dict[str, float]:
         return {f"layer_weight.{t}.{i}": round(w, 4) for t, ws in self.layer_weights().items()

@@ -42,6 +42,19 @@ def last_layer_norm(module: nn.Module) -> list[nn.Parameter]:
     return [p for p in norms[-1].parameters() if p.requires_grad]
 
 
+class SharedEncoderModule(nn.Module):
+    """Defaults of the strategy contract for a strategy whose shared encoder is `self.encoder`:
+    gradient-based weightings probe its last LayerNorm, and there is nothing extra to log."""
+
+    encoder: nn.Module
+
+    def probe_parameters(self) -> list[nn.Parameter]:
+        return last_layer_norm(self.encoder)
+
+    def metrics(self) -> dict[str, float]:
+        return {}
+
+
 def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)

@@ -8,11 +8,11 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from training.sharing.common import NoParams, encode, last_layer_norm, param_problems
+from training.sharing.common import NoParams, SharedEncoderModule, encode, param_problems
 from training.tasks import TaskSpec
 
 
-class HardSharing(nn.Module):
+class HardSharing(SharedEncoderModule):
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], **params: Any) -> None:
@@ -28,12 +28,6 @@ class HardSharing(nn.Module):
                     token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         hidden = encode(self.encoder, input_ids, attention_mask, token_type_ids)
         return {task: hidden for task in tasks}
-
-    def probe_parameters(self) -> list[nn.Parameter]:
-        return last_layer_norm(self.encoder)
-
-    def metrics(self) -> dict[str, float]:
-        return {}
 
     @classmethod
     def config_problems(cls, params: dict[str, Any], tasks: list[str], zero_stage: int,

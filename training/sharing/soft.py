@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from training.sharing.common import encode, last_layer_norm, param_problems
+from training.sharing.common import SharedEncoderModule, encode, param_problems
 from training.tasks import TaskSpec
 
 
@@ -54,7 +54,7 @@ class AdaptedProjection(nn.Module):
         return self.adapters[self._owner[0].active](self.shared(x))
 
 
-class SoftSharing(nn.Module):
+class SoftSharing(SharedEncoderModule):
     Params: ClassVar[type[BaseModel]] = SoftParams
 
     def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], **params: Any) -> None:
@@ -96,12 +96,6 @@ class SoftSharing(nn.Module):
                     token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Adapters sit inside every layer, so each task needs its own encoder pass."""
         return {t: self.forward(t, input_ids, attention_mask, token_type_ids)[0] for t in tasks}
-
-    def probe_parameters(self) -> list[nn.Parameter]:
-        return last_layer_norm(self.encoder)
-
-    def metrics(self) -> dict[str, float]:
-        return {}
 
     @classmethod
     def config_problems(cls, params: dict[str, Any], tasks: list[str], zero_stage: int,

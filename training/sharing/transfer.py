@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from training.sharing.common import encode, last_layer_norm, param_problems
+from training.sharing.common import SharedEncoderModule, encode, param_problems
 from training.tasks import TaskSpec
 
 
@@ -26,7 +26,7 @@ class TransferParams(BaseModel):
     finetuned: list[str] = Field([], description="written by the assembly: tasks with their own encoder")
 
 
-class TransferSharing(nn.Module):
+class TransferSharing(SharedEncoderModule):
     Params: ClassVar[type[BaseModel]] = TransferParams
 
     def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], **params: Any) -> None:
@@ -54,12 +54,6 @@ class TransferSharing(nn.Module):
             if t in self.task_encoders:
                 out[t] = encode(self.task_encoders[t], input_ids, attention_mask, token_type_ids)
         return out
-
-    def probe_parameters(self) -> list[nn.Parameter]:
-        return last_layer_norm(self.encoder)
-
-    def metrics(self) -> dict[str, float]:
-        return {}
 
     @classmethod
     def config_problems(cls, params: dict[str, Any], tasks: list[str], zero_stage: int,
