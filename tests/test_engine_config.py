@@ -65,3 +65,13 @@ def test_launch_commands_per_node():
     torch_cmd = launch_command(two.model_copy(update={"launcher": "torchrun"}), "spec.json", 29511)
     assert {"--nnodes=2", "--node_rank=1", "--nproc_per_node=1"} <= set(torch_cmd)
     assert cmd[-3:] == torch_cmd[-3:] == ["training.worker", "--spec", "spec.json"]
+
+
+@pytest.mark.parametrize("num_params", [22_713_217, 4_000_003, 9_999_999_999])
+def test_bucket_sizes_scale_with_the_model_and_keep_zero_alignment(num_params):
+    cfg = deepspeed_config(DeepSpeedConfig(zero_stage=2), TrainingConfig(), num_params=num_params)
+    zero = cfg["zero_optimization"]
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size"):
+        # ZeRO-1/2 assert the all-gather bucket is a multiple of their start alignment
+        assert zero[key] % 1024 == 0, (key, zero[key])
+        assert 1e6 - 1024 <= zero[key] <= 5e8

@@ -50,7 +50,9 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig, num_params: int
         # DeepSpeed's default buckets (5e8 elements, 2 GB in fp32) are sized for big GPU models and
         # would dwarf a small model's own state; cap them at a quarter of the model, as the HF
         # integration's "auto" values scale them with the model. A file's explicit sizes win.
-        bucket = int(min(5e8, max(1e6, num_params // 4)))
+        # Rounded to a multiple of 1024: ZeRO-1/2 assert the all-gather bucket is a multiple of
+        # their start alignment (a few elements, depending on the precision).
+        bucket = int(min(5e8, max(1e6, num_params // 4))) // 1024 * 1024
         for key in ("reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size"):
             zero.setdefault(key, bucket)
     if eff.offload_optimizer:
