@@ -45,3 +45,21 @@ def test_nonzero_exit_is_a_failure_with_streamed_output():
         run_launcher([sys.executable, "-c", "print('boom'); raise SystemExit(3)"], dict(os.environ), 30,
                      lines.append)
     assert lines == ["boom"]
+
+
+def test_shared_memory_buffers_of_one_run_are_removed_and_others_kept(tmp_path, monkeypatch):
+    from training.launcher import SHM_PREFIX, release_own_shm_buffer, remove_shm_buffers
+
+    uid = os.getuid()
+    mine = [tmp_path / f"{SHM_PREFIX}_{uid}_127.0.0.1_29511_{r}" for r in (0, 1)]
+    other_run = tmp_path / f"{SHM_PREFIX}_{uid}_127.0.0.1_29512_0"
+    other_user = tmp_path / f"{SHM_PREFIX}_{uid + 1}_127.0.0.1_29511_0"
+    for path in (*mine, other_run, other_user):
+        path.write_bytes(b"x")
+    assert remove_shm_buffers(29511, tmp_path) == 2
+    assert not any(p.exists() for p in mine) and other_run.exists() and other_user.exists()
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29512")
+    release_own_shm_buffer(0, tmp_path)
+    release_own_shm_buffer(0, tmp_path)  # already gone: no error
+    assert not other_run.exists() and other_user.exists()

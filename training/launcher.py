@@ -12,6 +12,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# DeepSpeed's CPU accelerator reduces between local ranks through one POSIX shared-memory segment
+# per rank (about 70 MB, named <prefix>_<uid>_<master addr>_<master port>_<rank>) and never
+# unlinks it: left alone, every run would keep that much RAM (/dev/shm is memory) until reboot.
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "deepspeed_allreduce_buffer"
+
 from training.config import TrainingConfig
 
 
@@ -53,6 +59,32 @@ def write_hostfile(path: str | Path, nodes: int, processes: int) -> str:
     """A hostfile naming `nodes` nodes of `processes` slots (used by --no_ssh only for its shape)."""
     Path(path).write_text("".join(f"node-{i} slots={processes}\n" for i in range(nodes)))
     return str(path)
+
+
+def shm_buffers(port: int | str, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """This user's DeepSpeed shared-memory buffers of the run whose master port is `port`."""
+    return sorted(shm_dir.glob(f"{SHM_PREFIX}_{os.getuid()}_*_{port}_*")) if shm_dir.is_dir() else []
+
+
+def remove_shm_buffers(port: int | str, shm_dir: Path = SHM_DIR) -> int:
+    """Unlink what a finished (or killed) run on `port` left in shared memory; returns how many."""
+    removed = 0
+    for path in shm_buffers(port, shm_dir):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def release_own_shm_buffer(rank: int, shm_dir: Path = SHM_DIR) -> None:
+    """Called by each worker once every local rank has mapped every other rank's buffer (after a
+    barrier that follows the process group's start): the name is no longer needed, and unlinking
+    it now frees the memory when the processes end, however they end."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if addr and port:
+        (shm_dir / f"{SHM_PREFIX}_{os.getuid()}_{addr}_{port}_{rank}").unlink(missing_ok=True)
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:

@@ -13,7 +13,7 @@ from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, dee
                              training_problems)
 from training.evaluate import evaluate_task
 from training.export import CARD
-from training.launcher import free_port, launch_command, run_launcher, write_hostfile
+from training.launcher import free_port, launch_command, remove_shm_buffers, run_launcher, write_hostfile
 from training.predict import Predictor
 from training.registries import lookup
 from training.sharing import SHARING
@@ -70,9 +70,14 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
     hostfile = training.hostfile
     if training.nodes > 1 and hostfile is None:
         hostfile = write_hostfile(run / "hostfile", training.nodes, training.processes)
-    cmd = launch_command(training, str(spec_path), training.master_port or free_port(), hostfile)
+    port = training.master_port or free_port()
+    cmd = launch_command(training, str(spec_path), port, hostfile)
     log("launching: " + " ".join(cmd))
-    run_launcher(cmd, launcher_env(), training.timeout_s, log)
+    try:
+        run_launcher(cmd, launcher_env(), training.timeout_s, log)
+    finally:  # the workers release their buffers once started; this covers a run killed before
+        if removed := remove_shm_buffers(port):
+            log(f"removed {removed} shared-memory buffer(s) a stopped run left behind")
     if training.node_rank > 0:
         return str(export_dir)  # node 0 exports; this node's part is done
     if not (export_dir / CARD).is_file():

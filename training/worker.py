@@ -133,6 +133,7 @@ def train(spec: WorkerSpec) -> None:
     from training.checkpoints import CheckpointStore, tag_for
     from training.engine import Engine, local_world
     from training.export import export_weights
+    from training.launcher import release_own_shm_buffer
     from training.model import build_model, load_matching, resolve_encoder_path
     from training.registries import lookup
     from training.sampling import SAMPLERS
@@ -142,6 +143,8 @@ def train(spec: WorkerSpec) -> None:
     cfg, gas = spec.training, spec.deepspeed.resolved().gradient_accumulation_steps
     set_threads(cfg, local)
     deepspeed.init_distributed()
+    dist.barrier()  # every local rank has mapped its peers' shared-memory buffers by now
+    release_own_shm_buffer(dist.get_rank())
     seed_everything(cfg.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(spec.encoder.name_or_path))
     data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
