@@ -70,7 +70,7 @@ class TaskDataConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="task name: letters, digits, _")
     type: TaskType
     source: Literal["files", "hub"] = Field("files", description="files (local or s3://) or a datasets hub dataset")
-    format: str | None = Field(None, description="files: reader name: conllu, conll, tsv, csv, jsonl or parquet")
+    format: str | None = Field(None, description="files: reader name: conllu, conll, tsv, csv, jsonl, parquet or label_text")
     hub: HubSource | None = Field(None, description="source hub: the dataset to load")
     train: str | list[str] = Field(description="train split: file, glob, folder or list (hub: split name)")
     dev: str | list[str] | None = Field(
@@ -86,6 +86,8 @@ class TaskDataConfig(BaseModel):
     text_column: Column = Field("sentence", description="tsv/csv/records: column of the text")
     text_pair_column: Column | None = Field(None, description="column of the second text for pair tasks")
     label_column: Column = Field("label", description="tsv/csv/records: column of the label")
+    label_separator: str | None = Field(
+        None, description="label_text: keep only the label's part before this (':' for TREC's coarse classes)")
     header: bool = Field(True, description="tsv/csv: first line names the columns")
     delimiter: str | None = Field(None, description="tsv/csv: field separator (default tab for tsv, comma for csv)")
     encoding: str = "utf-8"
@@ -114,7 +116,7 @@ class TaskDataConfig(BaseModel):
         if self.source == "hub" and self.hub is None:
             raise ValueError(f"task {self.name!r}: source hub needs hub.name (and hub.config if the dataset has one)")
         if self.source == "files" and self.format is None:
-            raise ValueError(f"task {self.name!r}: set format to one of conllu, conll, tsv, csv, jsonl, parquet")
+            raise ValueError(f"task {self.name!r}: set format to one of conllu, conll, tsv, csv, jsonl, parquet, label_text")
         return self
 
 

@@ -58,7 +58,10 @@ def check_task_config(cfg: TaskDataConfig, data_dir: str | None, issues: IssueCo
     if (token_task and cfg.format in SENTENCE_FORMATS) or (not token_task and cfg.format in TOKEN_FORMATS):
         issues.add(f"tasks.{cfg.name}", None, "format",
                    f"format {cfg.format!r} does not fit task type {cfg.type!r}",
-                   "token tasks read conllu/conll/jsonl/parquet; sentence tasks read tsv/csv/jsonl/parquet")
+                   "token tasks read conllu/conll/jsonl/parquet; sentence tasks read tsv/csv/jsonl/parquet/label_text")
+    elif cfg.format == "label_text" and cfg.type == "sequence_pair_classification":
+        issues.add(f"tasks.{cfg.name}", None, "format", "label_text lines hold one text, not a pair",
+                   "use tsv, csv, jsonl or parquet with text_pair_column for pair tasks")
     for split in SPLITS:
         split_files(cfg, split, data_dir, s3, issues)
 

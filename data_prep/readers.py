@@ -252,6 +252,25 @@ def read_parquet(data: str | bytes, file: str, cfg: TaskDataConfig, issues: Issu
     return records_to_examples(enumerate(table.to_pylist(), start=1), file, cfg, issues)
 
 
+def read_label_text(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> list[Example]:
+    """One example a line: the label, whitespace, then the text (TREC's `DESC:manner How did ...`).
+    `label_separator` keeps only the label's part before it (TREC's coarse classes with `:`)."""
+    examples: list[Example] = []
+    for number, raw in enumerate(decode(data, file, cfg, issues).splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        label, _, text = line.partition(" ")
+        if not text.strip():
+            issues.add(file, number, "text", f"line {line[:40]!r} has a label but no text",
+                       "write the label, a space, then the text")
+            continue
+        if cfg.label_separator:
+            label = label.split(cfg.label_separator, 1)[0]
+        examples.append(Example(file, number, text=text.strip(), label=label))
+    return examples
+
+
 READERS: dict[str, Reader] = {
     "conllu": read_conllu,
     "conll": read_conll,
@@ -259,11 +278,12 @@ READERS: dict[str, Reader] = {
     "csv": read_csv,
     "jsonl": read_jsonl,
     "parquet": read_parquet,
+    "label_text": read_label_text,
 }
 
 # formats whose files can only hold token tasks, or only sentence tasks; records hold either
 TOKEN_FORMATS = {"conllu", "conll"}
-SENTENCE_FORMATS = {"tsv", "csv"}
+SENTENCE_FORMATS = {"tsv", "csv", "label_text"}
 
 
 def get_reader(name: str) -> Reader:

@@ -154,3 +154,9 @@ def test_refused_data_is_not_retried_by_prefect():
     flaky = Failed(data=OSError("connection reset"))
     assert retry_unless_refused(None, None, bad) is False
     assert retry_unless_refused(None, None, flaky) is True
+
+
+def test_label_text_cannot_hold_a_pair_task(write):
+    text = refused(cfg(write("train.label", "A b\n"), write("dev.label", "A b\n"), format="label_text",
+                       type="sequence_pair_classification"))
+    assert "tasks.t: format: label_text lines hold one text, not a pair" in text

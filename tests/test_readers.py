@@ -4,7 +4,10 @@ from __future__ import annotations
 from data_prep.config import TaskDataConfig
 from data_prep.errors import IssueCollector
 from data_prep.ingest import ingest_task
-from data_prep.readers import read_conll, read_conllu, read_tsv
+import pytest
+
+from data_prep.errors import DataValidationError
+from data_prep.readers import read_conll, read_conllu, read_label_text, read_tsv
 
 CONLLU = """# sent_id = answers-1
 # text = I don't know.
@@ -61,3 +64,29 @@ def test_real_corpora_counts(data_dir):
     wnut = ingest_task(token_cfg("conll", label_scheme="bio", train="ner_wnut17/train.conll",
                                  dev="ner_wnut17/dev.conll"), str(data_dir))
     assert (len(wnut.splits["train"]), len(wnut.labels)) == (3394, 13)
+
+
+def test_label_text_lines_and_coarse_labels():
+    cfg = TaskDataConfig(name="trec", type="sequence_classification", format="label_text", train="x", dev="y",
+                         label_separator=":")
+    issues = IssueCollector()
+    examples = read_label_text("DESC:manner How did serfdom develop ?\n\nNUM:date When was it ?\nHUM:ind\n",
+                               "q.label", cfg, issues)
+    assert [(ex.label, ex.text, ex.line) for ex in examples] == [
+        ("DESC", "How did serfdom develop ?", 1), ("NUM", "When was it ?", 3)]
+    [issue] = issues.issues
+    assert (issue.file, issue.line, issue.field) == ("q.label", 4, "text")
+
+
+def test_real_trec_needs_lenient_decoding_and_gives_six_coarse_classes(data_dir):
+    """TREC's train file has one byte that is not UTF-8 (line 66): refused by default, naming it."""
+    base = {"name": "trec", "type": "sequence_classification", "format": "label_text",
+            "train": "cls_trec/train_5500.label", "dev": "cls_trec/dev.label", "label_separator": ":"}
+    with pytest.raises(DataValidationError) as err:
+        ingest_task(TaskDataConfig(**base), str(data_dir))
+    assert "cls_trec/train_5500.label:66: encoding" in str(err.value)
+    trec = ingest_task(TaskDataConfig(**base, encoding_errors="replace"), str(data_dir))
+    assert (len(trec.splits["train"]), len(trec.splits["dev"])) == (4952, 500)
+    assert sorted(trec.labels) == ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    fine = ingest_task(TaskDataConfig(**{**base, "label_separator": None}, encoding_errors="replace"), str(data_dir))
+    assert len(fine.labels) > 40 and all(":" in label for label in fine.labels)
