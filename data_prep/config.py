@@ -7,7 +7,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-TaskType = Literal["token_classification", "sequence_classification", "sequence_pair_classification"]
+TaskType = Literal["token_classification", "sequence_classification", "sequence_pair_classification",
+                   "sequence_regression", "sequence_pair_regression"]
+
+
+def is_token_task(task_type: str) -> bool:
+    return task_type == "token_classification"
+
+
+def is_pair_task(task_type: str) -> bool:
+    """A text pair per example (entailment, similarity)."""
+    return task_type in ("sequence_pair_classification", "sequence_pair_regression")
+
+
+def is_regression(task_type: str) -> bool:
+    """One real-valued target per example, no label set."""
+    return task_type in ("sequence_regression", "sequence_pair_regression")
 Column = int | str
 LabelAlignment = Literal["first", "all", "last"]
 

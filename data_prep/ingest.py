@@ -2,11 +2,12 @@
 cut or subsample, build the label map."""
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_prep.config import S3Config, TaskDataConfig
+from data_prep.config import S3Config, TaskDataConfig, is_pair_task, is_regression
 from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.examples import Example
 from data_prep.labels import build_label_list
@@ -59,7 +60,7 @@ def check_task_config(cfg: TaskDataConfig, data_dir: str | None, issues: IssueCo
         issues.add(f"tasks.{cfg.name}", None, "format",
                    f"format {cfg.format!r} does not fit task type {cfg.type!r}",
                    "token tasks read conllu/conll/jsonl/parquet; sentence tasks read tsv/csv/jsonl/parquet/label_text")
-    elif cfg.format == "label_text" and cfg.type == "sequence_pair_classification":
+    elif cfg.format == "label_text" and is_pair_task(cfg.type):
         issues.add(f"tasks.{cfg.name}", None, "format", "label_text lines hold one text, not a pair",
                    "use tsv, csv, jsonl or parquet with text_pair_column for pair tasks")
     for split in SPLITS:
@@ -79,10 +80,20 @@ def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: Issu
         else:
             if not ex.text:
                 issues.add(ex.file, ex.line, "text", "empty text", "remove the row or fill in the text")
-            if cfg.type == "sequence_pair_classification" and not ex.text_pair:
+            if is_pair_task(cfg.type) and not ex.text_pair:
                 issues.add(ex.file, ex.line, "text_pair", "empty second text", "remove the row or fill it in")
             if not ex.label:
                 issues.add(ex.file, ex.line, "label", "empty label", "every row needs a label")
+            elif is_regression(cfg.type) and not _is_number(ex.label):
+                issues.add(ex.file, ex.line, "label", f"{ex.label!r} is not a number",
+                           f"{cfg.type} targets are real numbers (e.g. 3.8)")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def _check_bio(ex: Example, cfg: TaskDataConfig, issues: IssueCollector) -> None:
@@ -192,9 +203,13 @@ def ingest_task(cfg: TaskDataConfig, data_dir: str | None, previous_labels: list
     issues.raise_if_any()
     if cfg.dev_ratio is not None:
         splits["train"], splits["dev"] = cut_dev(splits["train"], cfg.dev_ratio, cfg.split_seed)
-    labels = build_label_list((lab for ex in splits["train"] for lab in gold_labels(ex)), previous_labels)
-    known = set(labels)
-    for ex in splits["dev"]:
+    if is_regression(cfg.type):  # a real-valued target: no label set to keep stable or to check dev against
+        labels: list[str] = []
+        known = None
+    else:
+        labels = build_label_list((lab for ex in splits["train"] for lab in gold_labels(ex)), previous_labels)
+        known = set(labels)
+    for ex in splits["dev"] if known is not None else []:
         for position, lab in enumerate(gold_labels(ex)):
             if lab not in known:
                 line, name = (_tag_line(ex, position, cfg), f"tags[{position}]") if ex.tags is not None \

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from data_prep.config import Column, TaskDataConfig
+from data_prep.config import Column, TaskDataConfig, is_pair_task
 from data_prep.errors import IssueCollector
 from data_prep.examples import Example
 
@@ -130,7 +130,7 @@ def _read_delimited(data: str | bytes, file: str, cfg: TaskDataConfig, issues: I
                     delimiter: str, quoting: int) -> list[Example]:
     rows = list(csv.reader(decode(data, file, cfg, issues).splitlines(), delimiter=delimiter, quoting=quoting))
     header = [h.strip() for h in rows[0]] if cfg.header and rows else None
-    pair_needed = cfg.type == "sequence_pair_classification"
+    pair_needed = is_pair_task(cfg.type)
     if pair_needed and cfg.text_pair_column is None:
         issues.add(file, None, "text_pair_column", "a pair task needs a second text column",
                    "set text_pair_column")
@@ -184,7 +184,7 @@ def records_to_examples(rows: Iterable[tuple[int, dict[str, Any]]], file: str, c
         fields = {"token_column": cfg.token_column or "tokens", "tag_column": cfg.tag_column or "tags"}
     else:
         fields = {"text_column": cfg.text_column, "label_column": cfg.label_column}
-        if cfg.type == "sequence_pair_classification":
+        if is_pair_task(cfg.type):
             if cfg.text_pair_column is None:
                 issues.add(file, None, "text_pair_column", "a pair task needs a second text field",
                            "set text_pair_column")

@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_prep.config import LabelAlignment
+from data_prep.config import LabelAlignment, is_pair_task, is_regression, is_token_task
 from data_prep.examples import Example
 
 IGNORE = -100
@@ -196,7 +196,7 @@ def _token_features(examples: list[Example], label_id: dict[str, int], tokenizer
 
 def _sequence_features(examples: list[Example], task_type: str, label_id: dict[str, int], tokenizer: Any,
                        max_length: int) -> tuple[list[dict[str, Any]], TokenizeStats]:
-    pairs = [ex.text_pair or "" for ex in examples] if task_type == "sequence_pair_classification" else None
+    pairs = [ex.text_pair or "" for ex in examples] if is_pair_task(task_type) else None
     texts = [ex.text or "" for ex in examples]
     # untruncated first, to count what truncation cuts; only the long ones are encoded again
     enc = tokenizer(texts, pairs)
@@ -208,17 +208,21 @@ def _sequence_features(examples: list[Example], task_type: str, label_id: dict[s
         for j, i in enumerate(long):
             ids[i] = cut["input_ids"][j]
             types[i] = cut["token_type_ids"][j] if "token_type_ids" in cut else [0] * len(ids[i])
-    rows = [{"input_ids": i, "token_type_ids": t, "labels": label_id[ex.label or ""]}
+    regression = is_regression(task_type)
+    rows = [{"input_ids": i, "token_type_ids": t,
+             "labels": float(ex.label or 0) if regression else label_id[ex.label or ""]}
             for i, t, ex in zip(ids, types, examples)]
+    # a real-valued target has no label distribution worth a table
     stats = TokenizeStats(examples=len(examples), inputs=len(rows), tokens=sum(len(i) for i in ids),
-                          truncated=len(long), labels=Counter(ex.label or "" for ex in examples))
+                          truncated=len(long),
+                          labels=Counter() if regression else Counter(ex.label or "" for ex in examples))
     return rows, stats
 
 
 def _tokenize_batch(examples: list[Example], task_type: str, labels: list[str], tokenizer: Any, max_length: int,
                     alignment: LabelAlignment, stride: int) -> tuple[list[dict[str, Any]], TokenizeStats]:
     label_id = {lab: i for i, lab in enumerate(labels)}
-    if task_type == "token_classification":
+    if is_token_task(task_type):
         return _token_features(examples, label_id, tokenizer, max_length, alignment, stride)
     return _sequence_features(examples, task_type, label_id, tokenizer, max_length)
 
@@ -233,7 +237,7 @@ def tokenize_with_stats(examples: list[Example], task_type: str, labels: list[st
                         num_proc: int = 1, batch_size: int = 1000,
                         desc: str = "tokenize") -> tuple[list[dict[str, Any]], TokenizeStats]:
     """Training features (input_ids, token_type_ids, labels: a list for tokens, an int for
-    sequences) in example order, and their statistics. Batches of `batch_size` go through the
+    sequences, a float for regression) in example order, and their statistics. Batches of `batch_size` go through the
     fast tokenizer; `num_proc` > 1 spreads the batches over worker processes."""
     from tqdm.auto import tqdm
 

@@ -35,6 +35,8 @@ HEADS: dict[str, type[nn.Module]] = {
     "token_classification": TokenHead,
     "sequence_classification": SequenceHead,
     "sequence_pair_classification": SequenceHead,
+    "sequence_regression": SequenceHead,  # one output: the value (TaskSpec.num_labels is 1)
+    "sequence_pair_regression": SequenceHead,
 }
 
 

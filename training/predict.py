@@ -2,7 +2,8 @@
 
 Token tasks see the text split on whitespace (long sentences are chunked like in training and
 stitched back); sentence tasks see the same encoding; pair tasks get a second pass over
-(text, text_pair) only when a pair is given.
+(text, text_pair) only when a pair is given. Classification gives label names, regression the
+predicted value.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from data_prep.config import is_pair_task, is_regression
 from data_prep.tokenize import encode_texts, encode_words
 from training.batches import collate
 from training.export import load_export
@@ -31,6 +33,13 @@ class Predictor:
             batch.pop("labels")
             yield start, batch
 
+    def _sentence_outputs(self, task: str, logits: torch.Tensor) -> list[Any]:
+        """A label per row for classification, the predicted value for regression."""
+        spec = self.tasks[task]
+        if is_regression(spec.type):
+            return logits[:, 0].float().tolist()
+        return [spec.labels[i] for i in logits.argmax(-1).tolist()]
+
     def predict_words(self, sentences: list[list[str]], tasks: list[str]) -> dict[str, list[list[str]]]:
         """Word-level predictions for token tasks and sentence predictions for single-text tasks,
         from one encoder pass per chunk."""
@@ -41,34 +50,36 @@ class Predictor:
         for start, batch in self._batches(rows):
             logits = self.model.predict_logits(tasks, **batch)
             for t in tasks:
+                if not token_level(self.tasks[t].type):
+                    for offset, value in enumerate(self._sentence_outputs(t, logits[t])):
+                        chunk = chunks[start + offset]
+                        if out[t][chunk.sentence] is None:  # the first chunk of a sentence speaks for it
+                            out[t][chunk.sentence] = value
+                    continue
                 labels = self.tasks[t].labels
-                best = logits[t].argmax(-1).tolist()
-                for offset, ids in enumerate(best):
+                for offset, ids in enumerate(logits[t].argmax(-1).tolist()):
                     chunk = chunks[start + offset]
-                    if token_level(self.tasks[t].type):
-                        for pos, word in enumerate(chunk.first_subword_word):
-                            if word >= 0:
-                                out[t][chunk.sentence][word] = labels[ids[pos]]
-                    elif out[t][chunk.sentence] is None:  # the first chunk of a sentence speaks for it
-                        out[t][chunk.sentence] = labels[ids]
+                    for pos, word in enumerate(chunk.first_subword_word):
+                        if word >= 0:
+                            out[t][chunk.sentence][word] = labels[ids[pos]]
         return out
 
-    def predict_texts(self, texts: list[str], pairs: list[str] | None, tasks: list[str]) -> dict[str, list[str]]:
+    def predict_texts(self, texts: list[str], pairs: list[str] | None, tasks: list[str]) -> dict[str, list[Any]]:
         enc = encode_texts(self.tokenizer, texts, pairs, self.max_length)
         types = enc.get("token_type_ids") or [[0] * len(i) for i in enc["input_ids"]]
         rows = [{"input_ids": i, "token_type_ids": t} for i, t in zip(enc["input_ids"], types)]
-        out: dict[str, list[str]] = {t: [] for t in tasks}
+        out: dict[str, list[Any]] = {t: [] for t in tasks}
         for _, batch in self._batches(rows):
             logits = self.model.predict_logits(tasks, **batch)
             for t in tasks:
-                out[t].extend(self.tasks[t].labels[i] for i in logits[t].argmax(-1).tolist())
+                out[t].extend(self._sentence_outputs(t, logits[t]))
         return out
 
     @torch.no_grad()
     def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
         """Every task for every text: token tasks give a tag per whitespace word."""
-        single = [t for t, s in self.tasks.items() if s.type != "sequence_pair_classification"]
-        paired = [t for t, s in self.tasks.items() if s.type == "sequence_pair_classification"]
+        single = [t for t, s in self.tasks.items() if not is_pair_task(s.type)]
+        paired = [t for t, s in self.tasks.items() if is_pair_task(s.type)]
         words = [text.split() for text in texts]
         results: dict[str, list[Any]] = self.predict_words(words, single) if single else {}
         if paired and text_pairs is not None:

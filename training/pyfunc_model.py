@@ -2,7 +2,7 @@
 
 Input: a DataFrame with a `text` column (and `text_pair` for sentence-pair tasks).
 Output: a DataFrame with one column per task: a tag per whitespace word for token tasks,
-a label for sentence tasks.
+a label for sentence classification, a number for regression.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from data_prep.config import TaskType
+from data_prep.config import TaskType, is_regression
 
 
 class TaskSpec(BaseModel):
@@ -16,10 +16,13 @@ class TaskSpec(BaseModel):
 
     @property
     def num_labels(self) -> int:
-        return len(self.labels)
+        """Outputs of the head: one per label, or the single predicted value of a regression."""
+        return 1 if is_regression(self.type) else len(self.labels)
 
     @property
     def primary_metric(self) -> str:
+        if is_regression(self.type):
+            return "pearson"
         if self.label_scheme == "bio":
             return "entity_f1"
         return "accuracy"
