@@ -15,21 +15,28 @@ from training.run import train_model
 from training.tasks import TaskSpec
 
 
-def tiny_tasks(encoder: Path, data_dir: Path, out: Path) -> tuple[list[TaskSpec], dict[str, str]]:
-    """The demo's three real tasks, subsampled, ingested and tokenized by data_prep."""
+def prepare_tasks(cfgs: list[TaskDataConfig], encoder: Path, data_dir: Path, out: Path,
+                  max_length: int = 48) -> tuple[list[TaskSpec], dict[str, str], dict[str, str]]:
+    """Tasks ingested and tokenized by data_prep: (specs, train feature files, dev example files)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(encoder))
     cache = ArtifactCache(str(out / "cache"))
-    specs, features = [], {}
-    for raw in tiny_config(encoder, out, data_dir)["tasks"]:
-        cfg = TaskDataConfig.model_validate(raw)
+    specs, features, dev = [], {}, {}
+    for cfg in cfgs:
         ingested = ingest_cached(cfg, str(data_dir), cache, out / "data")
-        features[cfg.name] = tokenize_cached(cfg, ingested, str(encoder), 48, TokenizeConfig(), cache,
+        features[cfg.name] = tokenize_cached(cfg, ingested, str(encoder), max_length, TokenizeConfig(), cache,
                                              out / "data", tokenizer)["features"]
+        dev[cfg.name] = ingested["splits"]["dev"]
         specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"],
                               label_scheme=cfg.label_scheme))
-    return specs, features
+    return specs, features, dev
+
+
+def tiny_tasks(encoder: Path, data_dir: Path, out: Path) -> tuple[list[TaskSpec], dict[str, str]]:
+    """The demo's three real tasks, subsampled, ingested and tokenized by data_prep."""
+    cfgs = [TaskDataConfig.model_validate(raw) for raw in tiny_config(encoder, out, data_dir)["tasks"]]
+    return prepare_tasks(cfgs, encoder, data_dir, out)[:2]
 
 
 def train(encoder: Path, tasks: tuple[list[TaskSpec], dict[str, str]], run_dir: Path,

@@ -32,7 +32,6 @@ def test_gate_refuses_a_challenger_that_drops_a_task():
 
 @pytest.fixture()
 def export(tiny_encoder, tmp_path) -> str:
-    import torch
     from transformers import AutoTokenizer
 
     tasks = [TaskSpec(name="pos", type="token_classification", labels=["NOUN", "VERB"])]

@@ -11,6 +11,7 @@ import pytest
 from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.errors import DataValidationError
 from data_prep.ingest import ingest_task
+from engine_support import prepare_tasks
 from training.metrics import METRICS, metrics_for
 from training.tasks import TaskSpec
 
@@ -114,26 +115,13 @@ def test_pair_regression_trains_beside_tagging_with_two_processes(tiny_encoder, 
             f"{r['sentence1']}\t{r['sentence2']}\t{1.0 - float(r['label'])}\n" for r in rows))
         return out
 
-    from transformers import AutoTokenizer
-
-    from data_prep.cache import ArtifactCache
-    from data_prep.stage import ingest_cached, tokenize_cached
-
     cfgs = [TaskDataConfig(name="pos", type="token_classification", format="conllu",
                            train="ud_en_ewt/en_ewt-ud-train.conllu", dev="ud_en_ewt/en_ewt-ud-dev.conllu",
                            max_train_examples=64, max_dev_examples=16),
             TaskDataConfig(name="entail", type="sequence_pair_regression", format="tsv", train=str(write("train", 64)),
                            dev=str(write("dev", 24)), text_column="sentence1", text_pair_column="sentence2",
                            label_column="score")]
-    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
-    cache = ArtifactCache(str(tmp_path / "cache"))
-    specs, features, dev = [], {}, {}
-    for cfg in cfgs:
-        ingested = ingest_cached(cfg, str(data_dir), cache, tmp_path / "data")
-        features[cfg.name] = tokenize_cached(cfg, ingested, str(tiny_encoder), 48, TokenizeConfig(), cache,
-                                             tmp_path / "data", tokenizer)["features"]
-        dev[cfg.name] = ingested["splits"]["dev"]
-        specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"]))
+    specs, features, dev = prepare_tasks(cfgs, tiny_encoder, data_dir, tmp_path)
     training = TrainingConfig(steps=6, micro_batch_size=4, warmup_steps=1, checkpoint_every=6, log_every=2,
                               processes=2, threads_per_process=1, weighting="uncertainty")
     export = train_model(EncoderConfig(name_or_path=str(tiny_encoder), max_length=48), training,

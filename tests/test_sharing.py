@@ -2,13 +2,11 @@
 inference, what it exposes for logging, and an export that loads back to the same outputs."""
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from training.export import load_export, read_card, write_export
+from training.export import load_export, write_export
 from training.model import MultiTaskModel
 from training.sharing import SHARING
 from training.tasks import TaskSpec

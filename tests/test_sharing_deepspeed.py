@@ -8,14 +8,12 @@ from typing import Any
 
 import pytest
 
-from data_prep.cache import ArtifactCache
-from data_prep.config import TaskDataConfig, TokenizeConfig
-from data_prep.stage import ingest_cached, tokenize_cached
+from data_prep.config import TaskDataConfig
+from engine_support import prepare_tasks
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.run import train_model
 from training.sharing import SHARING
-from training.tasks import TaskSpec
 from training.weighting import WEIGHTINGS
 
 STEPS = 6
@@ -24,20 +22,9 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def demo(tiny_encoder, data_dir, tmp_path_factory) -> dict[str, Any]:
     """The demo tasks (subsampled), ingested and tokenized once for the module."""
-    from transformers import AutoTokenizer
-
     raw = tiny_config(tiny_encoder, tmp_path_factory.mktemp("state"), data_dir)
-    out = tmp_path_factory.mktemp("data")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
-    cache = ArtifactCache(str(out / "cache"))
-    specs, features, dev = [], {}, {}
-    for task in raw["tasks"]:
-        cfg = TaskDataConfig(**{**task, "max_train_examples": 64, "max_dev_examples": 16})
-        ingested = ingest_cached(cfg, str(data_dir), cache, out)
-        features[cfg.name] = tokenize_cached(cfg, ingested, str(tiny_encoder), 32, TokenizeConfig(), cache, out,
-                                             tokenizer)["features"]
-        dev[cfg.name] = ingested["splits"]["dev"]
-        specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"], label_scheme=cfg.label_scheme))
+    cfgs = [TaskDataConfig(**{**task, "max_train_examples": 64, "max_dev_examples": 16}) for task in raw["tasks"]]
+    specs, features, dev = prepare_tasks(cfgs, tiny_encoder, data_dir, tmp_path_factory.mktemp("data"), 32)
     return {"specs": specs, "features": features, "dev": dev,
             "encoder": EncoderConfig(name_or_path=str(tiny_encoder), max_length=32)}
 
