@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_prep.config import S3Config, TaskDataConfig, is_pair_task, is_regression
+from data_prep.config import S3Config, TaskDataConfig, is_pair_task, is_regression, is_token_task
 from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.examples import Example
 from data_prep.labels import build_label_list
@@ -55,7 +55,7 @@ def check_task_config(cfg: TaskDataConfig, data_dir: str | None, issues: IssueCo
         issues.add(f"tasks.{cfg.name}", None, "format", f"unknown format {cfg.format!r}",
                    f"use one of {sorted(READERS)}")
         return
-    token_task = cfg.type == "token_classification"
+    token_task = is_token_task(cfg.type)
     if (token_task and cfg.format in SENTENCE_FORMATS) or (not token_task and cfg.format in TOKEN_FORMATS):
         issues.add(f"tasks.{cfg.name}", None, "format",
                    f"format {cfg.format!r} does not fit task type {cfg.type!r}",
@@ -69,7 +69,7 @@ def check_task_config(cfg: TaskDataConfig, data_dir: str | None, issues: IssueCo
 
 def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: IssueCollector) -> None:
     for ex in examples:
-        if cfg.type == "token_classification":
+        if is_token_task(cfg.type):
             if len(ex.tokens or []) != len(ex.tags or []):
                 issues.add(ex.file, ex.line, "tags", f"{len(ex.tokens or [])} tokens but {len(ex.tags or [])} tags",
                            "every token needs exactly one tag")
@@ -203,19 +203,17 @@ def ingest_task(cfg: TaskDataConfig, data_dir: str | None, previous_labels: list
     issues.raise_if_any()
     if cfg.dev_ratio is not None:
         splits["train"], splits["dev"] = cut_dev(splits["train"], cfg.dev_ratio, cfg.split_seed)
-    if is_regression(cfg.type):  # a real-valued target: no label set to keep stable or to check dev against
-        labels: list[str] = []
-        known = None
-    else:
+    labels: list[str] = []  # a real-valued target has no label set to keep stable or to check dev against
+    if not is_regression(cfg.type):
         labels = build_label_list((lab for ex in splits["train"] for lab in gold_labels(ex)), previous_labels)
         known = set(labels)
-    for ex in splits["dev"] if known is not None else []:
-        for position, lab in enumerate(gold_labels(ex)):
-            if lab not in known:
-                line, name = (_tag_line(ex, position, cfg), f"tags[{position}]") if ex.tags is not None \
-                    else (ex.line, "label")
-                issues.add(ex.file, line, name, f"{lab!r} does not occur in the train split",
-                           "add training examples with this label or fix the label")
+        for ex in splits["dev"]:
+            for position, lab in enumerate(gold_labels(ex)):
+                if lab not in known:
+                    line, name = (_tag_line(ex, position, cfg), f"tags[{position}]") if ex.tags is not None \
+                        else (ex.line, "label")
+                    issues.add(ex.file, line, name, f"{lab!r} does not occur in the train split",
+                               "add training examples with this label or fix the label")
     issues.raise_if_any()
     splits["train"] = subsample(splits["train"], cfg.max_train_examples, cfg.sample_seed)
     splits["dev"] = subsample(splits["dev"], cfg.max_dev_examples, cfg.sample_seed)

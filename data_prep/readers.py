@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from data_prep.config import Column, TaskDataConfig, is_pair_task
+from data_prep.config import Column, TaskDataConfig, is_pair_task, is_token_task
 from data_prep.errors import IssueCollector
 from data_prep.examples import Example
 
@@ -180,7 +180,7 @@ def records_to_examples(rows: Iterable[tuple[int, dict[str, Any]]], file: str, c
     record with its line (JSON lines) or 1-based row number; `label_names` turns integer class
     ids of a column into their names (hub ClassLabel features)."""
     names = label_names or {}
-    if cfg.type == "token_classification":
+    if is_token_task(cfg.type):
         fields = {"token_column": cfg.token_column or "tokens", "tag_column": cfg.tag_column or "tags"}
     else:
         fields = {"text_column": cfg.text_column, "label_column": cfg.label_column}
@@ -198,7 +198,7 @@ def records_to_examples(rows: Iterable[tuple[int, dict[str, Any]]], file: str, c
                        f"the record has {sorted(row)}", "set the *_column options to existing fields")
             continue
         value = {key: row[str(col)] for key, col in fields.items()}
-        if cfg.type == "token_classification":
+        if is_token_task(cfg.type):
             tokens, tags = value["token_column"], value["tag_column"]
             if not isinstance(tokens, list) or not isinstance(tags, list):
                 issues.add(file, number, str(fields["token_column"]), "tokens and tags must be lists",

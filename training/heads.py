@@ -38,7 +38,3 @@ HEADS: dict[str, type[nn.Module]] = {
     "sequence_regression": SequenceHead,  # one output: the value (TaskSpec.num_labels is 1)
     "sequence_pair_regression": SequenceHead,
 }
-
-
-def token_level(task_type: str) -> bool:
-    return task_type == "token_classification"

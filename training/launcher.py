@@ -12,13 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from training.config import TrainingConfig
+
 # DeepSpeed's CPU accelerator reduces between local ranks through one POSIX shared-memory segment
 # per rank (about 70 MB, named <prefix>_<uid>_<master addr>_<master port>_<rank>) and never
 # unlinks it: left alone, every run would keep that much RAM (/dev/shm is memory) until reboot.
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "deepspeed_allreduce_buffer"
-
-from training.config import TrainingConfig
 
 
 class TrainingFailed(RuntimeError):

@@ -3,7 +3,6 @@ gold and predicted values for regression)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from typing import Any
 
 import numpy as np
@@ -11,7 +10,7 @@ from scipy.stats import pearsonr, spearmanr
 from seqeval.metrics import f1_score as entity_f1_score
 from sklearn.metrics import f1_score
 
-from data_prep.config import is_regression
+from data_prep.config import is_regression, is_token_task
 
 Labels = list[list[Any]]
 
@@ -73,6 +72,6 @@ METRICS: dict[str, Callable[[Labels, Labels], float]] = {
 def metrics_for(task_type: str, label_scheme: str) -> list[str]:
     if is_regression(task_type):
         return ["pearson", "spearman", "neg_mse"]
-    if task_type == "token_classification":
+    if is_token_task(task_type):
         return ["accuracy", "entity_f1"] if label_scheme == "bio" else ["accuracy"]
     return ["accuracy", "macro_f1"]

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
-from data_prep.config import is_regression
-from training.heads import HEADS, token_level
+from data_prep.config import is_regression, is_token_task
+from training.heads import HEADS
 from training.registries import lookup
 from training.sharing import SHARING
 from training.tasks import TaskSpec
@@ -89,7 +89,7 @@ class MultiTaskModel(nn.Module):
 def task_loss(task_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if is_regression(task_type):
         return F.mse_loss(logits[:, 0].float(), labels.float())
-    if token_level(task_type):
+    if is_token_task(task_type):
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE)
     return F.cross_entropy(logits.float(), labels)
 

@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 
-from data_prep.config import is_pair_task, is_regression
+from data_prep.config import is_pair_task, is_regression, is_token_task
 from data_prep.tokenize import encode_texts, encode_words
 from training.batches import collate
 from training.export import load_export
-from training.heads import token_level
 
 
 class Predictor:
@@ -45,12 +44,12 @@ class Predictor:
         from one encoder pass per chunk."""
         chunks = encode_words(self.tokenizer, sentences, self.max_length)
         rows = [{"input_ids": c.input_ids, "token_type_ids": c.token_type_ids} for c in chunks]
-        out: dict[str, list[Any]] = {t: [[None] * len(s) if token_level(self.tasks[t].type) else None
+        out: dict[str, list[Any]] = {t: [[None] * len(s) if is_token_task(self.tasks[t].type) else None
                                          for s in sentences] for t in tasks}
         for start, batch in self._batches(rows):
             logits = self.model.predict_logits(tasks, **batch)
             for t in tasks:
-                if not token_level(self.tasks[t].type):
+                if not is_token_task(self.tasks[t].type):
                     for offset, value in enumerate(self._sentence_outputs(t, logits[t])):
                         chunk = chunks[start + offset]
                         if out[t][chunk.sentence] is None:  # the first chunk of a sentence speaks for it

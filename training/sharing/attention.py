@@ -15,6 +15,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from data_prep.config import is_token_task
 from training.sharing.common import NoParams, SharedEncoderModule, encode, param_problems
 from training.tasks import TaskSpec
 
@@ -54,7 +55,7 @@ class AttentionSharing(SharedEncoderModule):
         layers = encoder.config.num_hidden_layers + 1
         hidden = encoder.config.hidden_size
         self.mix = nn.ModuleDict({t.name: LayerMix(layers) for t in tasks})
-        self.pool = nn.ModuleDict({t.name: AttentionPool(hidden) for t in tasks if t.type != "token_classification"})
+        self.pool = nn.ModuleDict({t.name: AttentionPool(hidden) for t in tasks if not is_token_task(t.type)})
 
     def _features(self, task: str, states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:
         mixed = self.mix[task](states)
