@@ -6,9 +6,13 @@ One run, the demo's encoder (the offline MiniLM) and the demo's three real tasks
 - `pipeline_tokens_per_s`: the pipeline's `Engine` (DeepSpeed, world size 1, ZeRO 0 unless
   --zero-stage; gradient clipping and the warmup/decay schedule on) on the pipeline's batches.
 - `plain_tokens_per_s`: forward, backward, AdamW step on the very same batches (same sampler, same
-  length-grouped `TaskBatches`), same model initialisation, same threads.
-  Both run in this process in alternating blocks of steps (ABAB...), first block of each dropped as
-  warm-up: on a shared machine the load drifts, and interleaving makes both arms see the same load.
+  length-grouped `TaskBatches`), same model initialisation, same threads, and the same optimizer
+  the pipeline builds (torch's fused AdamW where the device has it): `ratio` is the pipeline's own
+  overhead. `plain_default_adamw_tokens_per_s` is the same loop with `torch.optim.AdamW`'s defaults
+  (what a hand-written loop usually runs), `speedup_over_default_adamw_loop` the pipeline over it.
+  All arms run in this process in alternating blocks of steps (ABCABC...), first block of each
+  dropped as warm-up: on a shared machine the load drifts, and interleaving makes every arm see the
+  same load.
 - `padding_efficiency` (real / processed tokens) of the pipeline's batches over the run, and
   `naive_padding_efficiency` of random batches padded to their longest row.
 - `zero3_over_zero0_memory`: peak per-process bytes of live tensors (model, gradients, optimizer)
@@ -41,7 +45,7 @@ from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
 from flows.config import load_config  # noqa: E402
 from training.batches import TaskBatches, load_features, padding_efficiency  # noqa: E402
 from training.config import DeepSpeedConfig, TrainingConfig  # noqa: E402
-from training.engine import param_groups  # noqa: E402
+from training.engine import adamw, param_groups  # noqa: E402
 from training.launcher import free_port  # noqa: E402
 from training.model import build_model, resolve_encoder_path  # noqa: E402
 from training.run import train_model  # noqa: E402
@@ -77,8 +81,8 @@ def batches(train: TrainingConfig, features: dict[str, str], pad_id: int, groupe
 
 
 def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stage: int,
-               run: list[tuple[str, dict[str, torch.Tensor]]], block: int) -> tuple[float, float]:
-    """(pipeline, plain) real tokens per second over alternating blocks of `block` steps."""
+               run: list[tuple[str, dict[str, torch.Tensor]]], block: int) -> dict[str, float]:
+    """Real tokens per second of each arm over alternating blocks of `block` steps."""
     import deepspeed
 
     from training.engine import Engine
@@ -91,23 +95,28 @@ def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stag
     engine = Engine(build_model(cfg.encoder.name_or_path, specs, train.sharing, cfg.encoder.dropout),
                     DeepSpeedConfig(zero_stage=zero_stage), train)
     engine.train()
-    torch.manual_seed(train.seed)
-    model = build_model(cfg.encoder.name_or_path, specs, train.sharing, cfg.encoder.dropout)
-    model.train()
-    optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.learning_rate)
+
+    def plain_loop(fused: bool) -> Any:
+        torch.manual_seed(train.seed)
+        model = build_model(cfg.encoder.name_or_path, specs, train.sharing, cfg.encoder.dropout)
+        model.train()
+        groups = param_groups(model, train.weight_decay)
+        optimizer = adamw(groups, train.learning_rate) if fused else torch.optim.AdamW(groups, lr=train.learning_rate)
+
+        def plain_step(task: str, batch: dict[str, torch.Tensor]) -> None:
+            loss, _ = model(task, **batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return plain_step
 
     def pipeline_step(task: str, batch: dict[str, torch.Tensor]) -> None:
         engine.train_micro_step(task, batch, 1.0)
 
-    def plain_step(task: str, batch: dict[str, torch.Tensor]) -> None:
-        loss, _ = model(task, **batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    totals: dict[str, list[float]] = {"pipeline": [0, 0.0], "plain": [0, 0.0]}
+    arms = {"pipeline": pipeline_step, "plain": plain_loop(True), "plain_default_adamw": plain_loop(False)}
+    totals: dict[str, list[float]] = {arm: [0, 0.0] for arm in arms}
     for first in range(0, len(run), block):
-        for arm, step_fn in (("pipeline", pipeline_step), ("plain", plain_step)):
+        for arm, step_fn in arms.items():
             started = time.perf_counter()
             for task, batch in run[first:first + block]:
                 step_fn(task, batch)
@@ -117,7 +126,7 @@ def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stag
     torch.distributed.destroy_process_group()
     for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         os.environ.pop(key, None)  # the launched memory runs must not inherit this process's world
-    return totals["pipeline"][0] / totals["pipeline"][1], totals["plain"][0] / totals["plain"][1]
+    return {arm: tokens / seconds for arm, (tokens, seconds) in totals.items()}
 
 
 def launched(cfg: Any, specs: list[TaskSpec], features: dict[str, str], train: TrainingConfig,
@@ -153,7 +162,8 @@ def main() -> None:
     naive = batches(train, features, pad_id, grouped=False)
 
     t0 = time.perf_counter()
-    pipeline, plain = throughput(cfg, specs, train, args.zero_stage, run, args.block)
+    speed = throughput(cfg, specs, train, args.zero_stage, run, args.block)
+    pipeline, plain = speed["pipeline"], speed["plain"]
     t1 = time.perf_counter()
 
     memory: dict[str, int] = {}
@@ -172,6 +182,10 @@ def main() -> None:
         "pipeline_tokens_per_s": round(pipeline, 1),
         "plain_tokens_per_s": round(plain, 1),
         "ratio": round(pipeline / plain, 3),
+        "optimizer": "AdamW (fused)" if adamw([{"params": [torch.zeros(1, requires_grad=True)]}], 1e-3).defaults["fused"]
+        else "AdamW",
+        "plain_default_adamw_tokens_per_s": round(speed["plain_default_adamw"], 1),
+        "speedup_over_default_adamw_loop": round(pipeline / speed["plain_default_adamw"], 3),
         "padding_efficiency": round(padding_efficiency([b for _, b in run]), 4),
         "naive_padding_efficiency": round(padding_efficiency([b for _, b in naive]), 4),
         "peak_tensor_bytes_per_process": memory,
