@@ -1,6 +1,8 @@
-"""ZeRO 1, 2 and 3 (and bf16 on CPU) each train the tiny demo tasks with 2 real DeepSpeed processes."""
+"""ZeRO 1, 2 and 3 (bf16 on CPU, and ZeRO-3 with optimizer and parameter offload to the CPU too)
+each train the tiny demo tasks with 2 real DeepSpeed processes."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -24,10 +26,18 @@ def tasks(tiny_encoder, data_dir, tmp_path_factory):
     {"zero_stage": 1},
     {"config_file": str(ROOT / "infra/deepspeed/zero2_bf16.json")},  # stage 2 and bf16 from the file
     {"zero_stage": 3, "gradient_accumulation_steps": 2},
-], ids=["zero1", "zero2-bf16-file", "zero3-accum2"])
+    {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},  # DeepSpeed's CPU Adam
+], ids=["zero1", "zero2-bf16-file", "zero3-accum2", "zero3-offload"])
 def test_zero_stage_trains_and_exports(tiny_encoder, tasks, tmp_path, deepspeed):
     log: list[str] = []
     export = train(tiny_encoder, tasks, tmp_path / "run", deepspeed, log)
+    described = json.loads(next(l for l in log if l.startswith("engine "))[len("engine "):])
+    assert described["zero_stage"] == (deepspeed.get("zero_stage") or 2)
+    offload = deepspeed.get("offload_optimizer", False)
+    assert (described["offload_optimizer"], described["offload_params"]) == (offload, offload)
+    assert described["optimizer"] == ("DeepSpeedCPUAdam" if offload else "AdamW (fused)")
+    # ZeRO-3 in fp32 on the devices: the master weights are the parameter partition
+    assert (described["zero3_master_bytes_shared"] > 0) == (described["zero_stage"] == 3 and not offload)
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     assert all(math.isfinite(r["loss"]) for r in rows)

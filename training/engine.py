@@ -163,6 +163,23 @@ class Engine:
             # ZeRO 1-3 reduce inside their optimizers and keep this path
             self.engine.enable_backward_allreduce = False
 
+    def describe(self) -> dict[str, Any]:
+        """What this engine runs, for the task log: stage, precision, offload, the optimizer that
+        steps (DeepSpeed's CPU Adam under optimizer offload), where clipping happens."""
+        zero = self.config["zero_optimization"]
+        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        return {
+            "zero_stage": self.zero_stage,
+            "precision": "bf16" if self.config["bf16"]["enabled"] else "fp16" if self.config["fp16"]["enabled"] else "fp32",
+            "offload_optimizer": "offload_optimizer" in zero, "offload_params": "offload_param" in zero,
+            "optimizer": type(inner).__name__ + (" (fused)" if getattr(inner, "defaults", {}).get("fused") else ""),
+            "gradient_clipping": self.config["gradient_clipping"],
+            "clipping_in": "fused optimizer step" if self.fused_optimizer is not None
+            else "engine" if self.clip else "deepspeed" if self.config["gradient_clipping"] else "off",
+            "zero3_master_bytes_shared": self.master_bytes_shared,
+            "world_size": self.engine.world_size,
+        }
+
     @property
     def rank(self) -> int:
         return dist.get_rank() if dist.is_initialized() else 0

@@ -160,6 +160,8 @@ def train(spec: WorkerSpec) -> None:
     if spec.init_from:
         load_matching(model, export_weights(spec.init_from))
     engine = Engine(model, spec.deepspeed, cfg)
+    if rank == 0:
+        print("engine " + json.dumps(engine.describe()), flush=True)
     log = MetricsLog(spec.metrics_file, rank)
     store = CheckpointStore(spec.checkpoint_dir, spec.checkpoint_staging_dir)
     task_losses: dict[str, float] = {}
