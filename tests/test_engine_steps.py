@@ -156,3 +156,28 @@ def test_zero3_bf16_keeps_its_fp32_master_copy(world_of_one, tiny_encoder):
     engine, losses = zero3_losses(tiny_encoder, "bf16")
     assert engine.master_bytes_shared == 0
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_resuming_a_checkpoint_of_an_unfused_adamw_keeps_clipping(world_of_one, tiny_encoder, tmp_path, monkeypatch):
+    """A run checkpointed by an engine whose AdamW was not fused (another device, an older
+    version) resumes unfused: the optimizer's groups come from the checkpoint, and the clipping
+    must not hand a gradient scale to an optimizer that takes none."""
+    from training.checkpoints import CheckpointStore
+
+    store = CheckpointStore(str(tmp_path / "checkpoints"))
+    steps = batches(4)
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_module, "adamw", lambda groups, lr: torch.optim.AdamW(groups, lr=lr))
+        torch.manual_seed(0)
+        first = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(zero_stage=0), TRAIN)
+    assert first.fused_optimizer is None and first.clip == 1.0
+    for task, batch in steps[:2]:
+        first.train_micro_step(task, batch, 1.0)
+    first.save(store, 2, {"step": 2}, {}, keep=2)
+
+    resumed = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(zero_stage=0), TRAIN)
+    assert resumed.fused_optimizer is not None
+    assert resumed.load_latest(store)[0]["step"] == 2
+    assert resumed.fused_optimizer is None and resumed.describe()["clipping_in"] == "engine"
+    for task, batch in steps[2:]:
+        assert torch.isfinite(torch.tensor(resumed.train_micro_step(task, batch, 1.0)))

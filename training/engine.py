@@ -75,6 +75,10 @@ def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(groups, lr=lr)
 
 
+def fused(optimizer: torch.optim.Optimizer) -> bool:
+    return all(group.get("fused") for group in optimizer.param_groups)
+
+
 def clip_gradients(parameters: list[nn.Parameter], max_norm: float,
                    fused_optimizer: torch.optim.Optimizer | None = None) -> float:
     """Clip gradients to a global L2 norm of at most `max_norm` with DeepSpeed's rule (coefficient
@@ -85,15 +89,15 @@ def clip_gradients(parameters: list[nn.Parameter], max_norm: float,
     inside the fused kernel that reads the gradients anyway; it holds for the next `step()` only
     (see `Engine._step`). Otherwise gradients are scaled in place, on CPU only when the coefficient
     is below 1 (reading the norm costs no device sync there)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    with_grads = [p for p in parameters if p.grad is not None]
+    if not with_grads:
         return 0.0
-    norm = torch.nn.utils.get_total_norm(grads)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in with_grads])
     if fused_optimizer is not None:
         coef = torch.clamp(max_norm / (norm.float() + 1e-6), max=1.0)
         fused_optimizer.grad_scale = (1.0 / coef).to(torch.float32)
     elif norm.device.type != "cpu" or float(norm) > max_norm:
-        torch.nn.utils.clip_grads_with_norm_([p for p in parameters if p.grad is not None], max_norm, norm)
+        torch.nn.utils.clip_grads_with_norm_(with_grads, max_norm, norm)
     return float(norm)
 
 
@@ -152,7 +156,7 @@ class Engine:
         self.clip, self.fused_optimizer = 0.0, None
         if self.zero_stage == 0 and ds.resolved().precision == "fp32" and optimizer is not None:
             self.clip, ds_config["gradient_clipping"] = float(self.config["gradient_clipping"]), 0.0
-            self.fused_optimizer = optimizer if optimizer.defaults.get("fused") else None
+            self.fused_optimizer = optimizer if fused(optimizer) else None
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=optimizer, config=ds_config)
         self.clipped_params = [p for p in self.engine.module.parameters() if p.requires_grad]
@@ -269,6 +273,10 @@ class Engine:
         _, client_state = self.engine.load_checkpoint(store.local, tag=tag)
         if client_state is None:
             raise RuntimeError(f"checkpoint {tag} in {store.uri} could not be loaded")
+        if self.fused_optimizer is not None and not fused(self.fused_optimizer):
+            # the optimizer's groups come from the checkpoint: one written by an unfused AdamW
+            # keeps it unfused, and the unfused step takes no gradient scale
+            self.fused_optimizer = None
         rank_state = torch.load(Path(store.local) / tag / f"rank_state_{self.rank}.pt", weights_only=False)
         return client_state, rank_state
 
