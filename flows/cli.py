@@ -18,6 +18,7 @@ def _quiet_defaults() -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Config and data problems of every task, reported together; nothing is trained."""
+    from data_prep.config import is_regression
     from data_prep.errors import DataValidationError
     from data_prep.ingest import TaskData, validate_tasks
 
@@ -35,7 +36,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise ConfigError(args.config, problems)
     for name, data in loaded.items():
         counts = ", ".join(f"{split} {len(ex)}" for split, ex in data.splits.items())
-        print(f"{name}: {data.type}, {len(data.labels)} labels, {counts}")
+        if is_regression(data.type):
+            values = [float(ex.label) for ex in data.splits["train"]]
+            targets = f"target {min(values):g} to {max(values):g}" if values else "no targets"
+        else:
+            targets = f"{len(data.labels)} labels"
+        print(f"{name}: {data.type}, {targets}, {counts}")
     print(f"{args.config}: OK")
     return 0
 

@@ -36,6 +36,21 @@ def test_targets_must_be_numbers_and_dev_values_need_not_occur_in_train(tmp_path
     assert data.labels == [] and [ex.label for ex in data.splits["dev"]] == ["3.25"]
 
 
+def test_mtl_validate_shows_the_target_range_of_a_regression_task(tmp_path, capsys):
+    import yaml
+
+    from flows.cli import main
+
+    train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
+    train.write_text("sentence\tlabel\ngood film\t4.5\nbad film\t-0.5\nok film\t2\n")
+    dev.write_text("sentence\tlabel\nfine\t3.25\n")
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"name": "v", "storage": {"root": str(tmp_path / "state")}, "tasks": [
+        regression_cfg(train, dev).model_dump(mode="json", exclude_defaults=True)]}))
+    assert main(["validate", str(config)]) == 0
+    assert "score: sequence_regression, target -0.5 to 4.5, train 3, dev 1" in capsys.readouterr().out
+
+
 def test_features_carry_the_value_and_the_head_has_one_output(tmp_path, tiny_encoder):
     from transformers import AutoTokenizer
 
