@@ -68,7 +68,7 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig, num_params: int
 
 def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
     """torch's AdamW, fused (one kernel over every tensor) where the parameters' device has the
-    fused kernel, CPU included: the default per-tensor loop costs ~30 % of a MiniLM step on CPU."""
+    fused kernel, CPU included: the default per-tensor loop took about a third of a MiniLM step on CPU."""
     try:
         return torch.optim.AdamW(groups, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # a device without the fused kernel
