@@ -50,8 +50,8 @@ from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
 from flows.config import load_config  # noqa: E402
 from training.batches import TaskBatches, load_features, padding_efficiency  # noqa: E402
 from training.config import DeepSpeedConfig, TrainingConfig  # noqa: E402
-from training.engine import adamw, param_groups  # noqa: E402
-from training.launcher import free_port  # noqa: E402
+from training.engine import adamw, fused, param_groups  # noqa: E402
+from training.launcher import single_process_world  # noqa: E402
 from training.model import build_model, resolve_encoder_path  # noqa: E402
 from training.run import train_model  # noqa: E402
 from training.sampling import SAMPLERS  # noqa: E402
@@ -88,14 +88,7 @@ def batches(train: TrainingConfig, features: dict[str, str], pad_id: int, groupe
 def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stage: int,
                run: list[tuple[str, dict[str, torch.Tensor]]], block: int) -> dict[str, float]:
     """Real tokens per second of each arm over alternating blocks of `block` steps."""
-    import deepspeed
-
     from training.engine import Engine
-
-    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
-        os.environ[key] = value
-    deepspeed.init_distributed()
 
     def pipeline(clipping: float) -> Any:
         torch.manual_seed(train.seed)
@@ -118,20 +111,19 @@ def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stag
             optimizer.zero_grad(set_to_none=True)
         return plain_step
 
-    arms = {"pipeline": pipeline(0.0), "pipeline_with_clipping": pipeline(DeepSpeedConfig().gradient_clipping),
-            "plain": plain_loop(True), "plain_default_adamw": plain_loop(False)}
-    totals: dict[str, list[float]] = {arm: [0, 0.0] for arm in arms}
-    for first in range(0, len(run), block):
-        for arm, step_fn in arms.items():
-            started = time.perf_counter()
-            for task, batch in run[first:first + block]:
-                step_fn(task, batch)
-            if first:  # the first block of each arm is warm-up
-                totals[arm][0] += sum(int(b["attention_mask"].sum()) for _, b in run[first:first + block])
-                totals[arm][1] += time.perf_counter() - started
-    torch.distributed.destroy_process_group()
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(key, None)  # the launched memory runs must not inherit this process's world
+    totals: dict[str, list[float]] = {}
+    with single_process_world():  # the launched memory runs after it must not inherit this world
+        arms = {"pipeline": pipeline(0.0), "pipeline_with_clipping": pipeline(DeepSpeedConfig().gradient_clipping),
+                "plain": plain_loop(True), "plain_default_adamw": plain_loop(False)}
+        totals = {arm: [0, 0.0] for arm in arms}
+        for first in range(0, len(run), block):
+            for arm, step_fn in arms.items():
+                started = time.perf_counter()
+                for task, batch in run[first:first + block]:
+                    step_fn(task, batch)
+                if first:  # the first block of each arm is warm-up
+                    totals[arm][0] += sum(int(b["attention_mask"].sum()) for _, b in run[first:first + block])
+                    totals[arm][1] += time.perf_counter() - started
     return {arm: tokens / seconds for arm, (tokens, seconds) in totals.items()}
 
 
@@ -149,11 +141,15 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--examples", type=int, default=2000, help="training examples per task")
     parser.add_argument("--zero-stage", type=int, default=0, choices=[0, 1, 2, 3])
-    parser.add_argument("--memory-steps", type=int, default=3, help="0: skip the memory runs")
+    parser.add_argument("--memory-steps", type=int, default=3,
+                        help="0: skip the memory runs; else at least 2: ZeRO 0's peak (gradients beside "
+                             "the optimizer's state, which its first step creates) comes at the second step")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 by default because on a shared, oversubscribed CPU the "
                              "spin-waits of multi-threaded kernels make timings collapse and drift")
     args = parser.parse_args()
+    if args.memory_steps == 1:
+        parser.error("--memory-steps 1 would miss ZeRO 0's peak, which comes at the second step: use 0 or >= 2")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     threads = args.threads
     torch.set_num_threads(threads)
@@ -188,7 +184,7 @@ def main() -> None:
         "pipeline_tokens_per_s": round(pipeline, 1),
         "plain_tokens_per_s": round(plain, 1),
         "ratio": round(pipeline / plain, 3),
-        "optimizer": "AdamW (fused)" if adamw([{"params": [torch.zeros(1, requires_grad=True)]}], 1e-3).defaults["fused"]
+        "optimizer": "AdamW (fused)" if fused(adamw([{"params": [torch.zeros(1, requires_grad=True)]}], 1e-3))
         else "AdamW",
         "pipeline_with_clipping_tokens_per_s": round(speed["pipeline_with_clipping"], 1),
         "ratio_with_clipping": round(speed["pipeline_with_clipping"] / plain, 3),

@@ -3,8 +3,6 @@ into the fused AdamW at ZeRO-0, and ZeRO-3's master weights sharing the paramete
 Each is checked against what DeepSpeed computes without it."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
@@ -12,11 +10,10 @@ from torch import nn
 from training import engine as engine_module
 from training.config import DeepSpeedConfig, TrainingConfig
 from training.engine import Engine, adamw, clip_gradients, deepspeed_config, param_groups
-from training.launcher import free_port, release_own_shm_buffer
+from training.launcher import single_process_world
 from training.model import build_model
 from training.tasks import TaskSpec
 
-WORLD = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
 SPECS = [TaskSpec(name="pos", type="token_classification", labels=[f"t{i}" for i in range(5)]),
          TaskSpec(name="cls", type="sequence_classification", labels=["a", "b", "c"])]
 TRAIN = TrainingConfig(steps=6, micro_batch_size=4, warmup_steps=1, learning_rate=5e-3, processes=1,
@@ -25,20 +22,8 @@ TRAIN = TrainingConfig(steps=6, micro_batch_size=4, warmup_steps=1, learning_rat
 
 @pytest.fixture(scope="module")
 def world_of_one():
-    import deepspeed
-    import torch.distributed as dist
-
-    saved = {key: os.environ.get(key) for key in [*WORLD, "MASTER_PORT"]}
-    os.environ.update(WORLD, MASTER_PORT=str(free_port()))
-    deepspeed.init_distributed()
-    release_own_shm_buffer(0)
-    yield
-    dist.destroy_process_group()
-    for key, value in saved.items():  # launched workers of later tests must not inherit this world
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with single_process_world():
+        yield
 
 
 def batches(steps: int, vocab: int = 1000) -> list[tuple[str, dict[str, torch.Tensor]]]:
@@ -88,7 +73,7 @@ def test_clipping_in_place_scales_only_above_the_limit():
     assert clip_gradients([nn.Parameter(torch.zeros(2))], 1.0) == 0.0
 
 
-def losses_of(model: nn.Module, step) -> list[float]:
+def losses_of(step) -> list[float]:
     torch.manual_seed(7)  # the same dropout draws in every arm
     return [step(task, batch) for task, batch in batches(TRAIN.steps)]
 
@@ -102,7 +87,7 @@ def test_zero0_engine_step_matches_deepspeeds_own_clipping(world_of_one, tiny_en
     ours = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), ds, TRAIN)
     assert ours.clip == clip and ours.fused_optimizer is not None
     ours.train()
-    got = losses_of(ours.engine.module, lambda t, b: ours.train_micro_step(t, b, 1.0))
+    got = losses_of(lambda t, b: ours.train_micro_step(t, b, 1.0))
 
     # DeepSpeed clipping in its engine, with torch's default (unfused) AdamW
     torch.manual_seed(0)
@@ -121,7 +106,7 @@ def test_zero0_engine_step_matches_deepspeeds_own_clipping(world_of_one, tiny_en
         theirs.step()
         return float(loss.detach())
 
-    expected = losses_of(model, their_step)
+    expected = losses_of(their_step)
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-5)
     for a, b in zip(ours.engine.module.parameters(), theirs.module.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
@@ -132,7 +117,7 @@ def zero3_losses(tiny_encoder, precision: str = "fp32") -> tuple[Engine, list[fl
     engine = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1),
                     DeepSpeedConfig(zero_stage=3, precision=precision), TRAIN)
     engine.train()
-    return engine, losses_of(engine.engine.module, lambda t, b: engine.train_micro_step(t, b, 1.0))
+    return engine, losses_of(lambda t, b: engine.train_micro_step(t, b, 1.0))
 
 
 def test_zero3_fp32_master_weights_are_the_parameter_partition(world_of_one, tiny_encoder, monkeypatch):

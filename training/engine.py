@@ -147,6 +147,7 @@ class Engine:
         self.track_memory = train.log_memory
         self.peak_tensor_bytes = 0
         self.zero_stage = int(self.config["zero_optimization"]["stage"])
+        self.precision = ds.resolved().precision
         groups = param_groups(model, train.weight_decay)
         optimizer = None if "optimizer" in self.config else adamw(groups, train.learning_rate)
         ds_config = dict(self.config)
@@ -154,7 +155,7 @@ class Engine:
         # every parameter (and an all-reduce of the norm, though gradients are already averaged):
         # ~7 % of a MiniLM step on CPU. Clip here instead, with the same rule, at the same point.
         self.clip, self.fused_optimizer = 0.0, None
-        if self.zero_stage == 0 and ds.resolved().precision == "fp32" and optimizer is not None:
+        if self.zero_stage == 0 and self.precision == "fp32" and optimizer is not None:
             self.clip, ds_config["gradient_clipping"] = float(self.config["gradient_clipping"]), 0.0
             self.fused_optimizer = optimizer if fused(optimizer) else None
         self.engine, _, _, _ = deepspeed.initialize(
@@ -174,7 +175,7 @@ class Engine:
         inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
         return {
             "zero_stage": self.zero_stage,
-            "precision": "bf16" if self.config["bf16"]["enabled"] else "fp16" if self.config["fp16"]["enabled"] else "fp32",
+            "precision": self.precision,
             "offload_optimizer": "offload_optimizer" in zero, "offload_params": "offload_param" in zero,
             "optimizer": type(inner).__name__ + (" (fused)" if getattr(inner, "defaults", {}).get("fused") else ""),
             "gradient_clipping": self.config["gradient_clipping"],

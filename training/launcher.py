@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from training.config import TrainingConfig
@@ -126,3 +127,29 @@ def run_launcher(cmd: list[str], env: dict[str, str], timeout_s: float, log: Cal
         reader.join(timeout=5)
     if proc.returncode != 0:
         raise TrainingFailed(f"training exited with code {proc.returncode}; see the log above")
+
+
+@contextmanager
+def single_process_world() -> Iterator[None]:
+    """This process as a DeepSpeed world of one, for work done in-process (benchmarks, tests):
+    the rendezvous variables a launcher would set, the process group, and afterwards the variables
+    as they were, so workers launched later do not inherit this world."""
+    import deepspeed
+    import torch.distributed as dist
+
+    world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    saved = {key: os.environ.get(key) for key in world}
+    os.environ.update(world)
+    try:
+        deepspeed.init_distributed()
+        release_own_shm_buffer(0)
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
