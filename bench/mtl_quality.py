@@ -3,7 +3,7 @@
 
     python bench/mtl_quality.py --out mtl_quality.json [--steps N]
 
-Every run is a real launched DeepSpeed training (`training.run.train_model`) on the offline
+Every run is a real launched DeepSpeed training (`training.launch.stage.train_model`) on the offline
 MiniLM encoder. Sampled-step runs get `steps x tasks` steps (one task each, proportional sampling
 over equally subsampled tasks); all-task-step runs get `steps` steps (every task in each). The
 best weighting is chosen on hard sharing by the mean primary dev score, then run with every
@@ -15,10 +15,8 @@ from __future__ import annotations
 import os
 import sys
 
-# bench/tokenize.py shares the stdlib module's name (which inspect and linecache import): keep this
-# folder off the import path, and the project root on it, before anything else is imported.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+# run as a script: make the project importable
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse
 import json
@@ -31,12 +29,12 @@ from data_prep.cache import ArtifactCache  # noqa: E402
 from data_prep.config import TaskDataConfig, TokenizeConfig  # noqa: E402
 from data_prep.sources import default_data_dir  # noqa: E402
 from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
-from training.affinity import affinity_from_export, affinity_markdown  # noqa: E402
+from training.evaluation.affinity import affinity_from_export, affinity_markdown  # noqa: E402
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
-from training.run import evaluate_model, train_model  # noqa: E402
-from training.sharing import SHARING  # noqa: E402
-from training.tasks import TaskSpec  # noqa: E402
-from training.weighting import WEIGHTINGS  # noqa: E402
+from training.launch.stage import evaluate_model, train_model  # noqa: E402
+from training.model.sharing import SHARING  # noqa: E402
+from training.task_spec import TaskSpec  # noqa: E402
+from training.trainer.weighting import WEIGHTINGS  # noqa: E402
 
 TASKS: list[dict[str, Any]] = [
     {"name": "pos", "type": "token_classification", "format": "conllu",
@@ -53,7 +51,7 @@ TASKS: list[dict[str, Any]] = [
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from training.model import resolve_encoder_path
+    from training.model.multitask import resolve_encoder_path
 
     encoder = EncoderConfig(name_or_path=args.encoder, max_length=args.max_length)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(encoder.name_or_path))

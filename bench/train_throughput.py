@@ -48,14 +48,14 @@ ROOT = Path(__file__).resolve().parents[1]
 from data_prep.cache import ArtifactCache  # noqa: E402
 from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
 from flows.config import load_config  # noqa: E402
-from training.batches import TaskBatches, load_features, padding_efficiency  # noqa: E402
+from training.trainer.batches import TaskBatches, load_features, padding_efficiency  # noqa: E402
 from training.config import DeepSpeedConfig, TrainingConfig  # noqa: E402
-from training.engine import adamw, fused, param_groups  # noqa: E402
-from training.launcher import single_process_world  # noqa: E402
-from training.model import build_model, resolve_encoder_path  # noqa: E402
-from training.run import train_model  # noqa: E402
-from training.sampling import SAMPLERS  # noqa: E402
-from training.tasks import TaskSpec  # noqa: E402
+from training.trainer.engine import adamw, fused, param_groups  # noqa: E402
+from training.launch.launcher import single_process_world  # noqa: E402
+from training.model.multitask import build_model, resolve_encoder_path  # noqa: E402
+from training.launch.stage import train_model  # noqa: E402
+from training.trainer.sampling import SAMPLERS  # noqa: E402
+from training.task_spec import TaskSpec  # noqa: E402
 
 
 def prepare(work: Path, examples: int) -> tuple[Any, list[TaskSpec], dict[str, str]]:
@@ -88,7 +88,7 @@ def batches(train: TrainingConfig, features: dict[str, str], pad_id: int, groupe
 def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stage: int,
                run: list[tuple[str, dict[str, torch.Tensor]]], block: int) -> dict[str, float]:
     """Real tokens per second of each arm over alternating blocks of `block` steps."""
-    from training.engine import Engine
+    from training.trainer.engine import Engine
 
     def pipeline(clipping: float) -> Any:
         torch.manual_seed(train.seed)

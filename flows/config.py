@@ -17,12 +17,12 @@ from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
 from training.config import (DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig,
                              TrainingConfig, deepspeed_problems, training_problems)
-from training.compat import combination_problems
-from training.affinity import AffinityConfig
-from training.registries import lookup
-from training.sampling import SAMPLERS
-from training.sharing import SHARING
-from training.weighting import WEIGHTINGS
+from training.validation import combination_problems
+from training.evaluation.affinity import AffinityConfig
+from training.lookup import lookup
+from training.trainer.sampling import SAMPLERS
+from training.model.sharing import SHARING
+from training.trainer.weighting import WEIGHTINGS
 
 
 class ConfigError(ValueError):

@@ -16,7 +16,7 @@ if __package__ in (None, ""):
 
 from flows.config import StorageConfig  # noqa: E402
 from training.config import RegistryConfig  # noqa: E402
-from training.registry import aliases_of, set_champion, tracking_uri  # noqa: E402
+from training.release.registry import aliases_of, set_champion, tracking_uri  # noqa: E402
 
 
 @task(name="set-alias", retries=2, retry_delay_seconds=5)

@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
                          register, task_affinity, tokenize, tokenize_metrics, train)
-from training.tasks import TaskSpec  # noqa: E402
+from training.task_spec import TaskSpec  # noqa: E402
 
 
 def mlflow_params(config: PipelineConfig) -> dict[str, Any]:

@@ -15,13 +15,13 @@ from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
 from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
-from training.model import resolve_encoder_path
-from training.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
-from training.export import CARD
-from training.registry import (CARD_ARTIFACT, champion_labels, default_artifact_root, promote_if_better,
+from training.model.multitask import resolve_encoder_path
+from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
+from training.model.export import CARD
+from training.release.registry import (CARD_ARTIFACT, champion_labels, default_artifact_root, promote_if_better,
                                register_model, tracking_uri)
-from training.run import evaluate_model, train_model
-from training.tasks import TaskSpec
+from training.launch.stage import evaluate_model, train_model
+from training.task_spec import TaskSpec
 
 
 def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:

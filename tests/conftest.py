@@ -80,7 +80,7 @@ def write(tmp_path: Path):
 def no_shared_memory_left_behind():
     """Every test that starts DeepSpeed workers checks they leave no shared-memory buffer behind
     (each is ~70 MB of RAM that lasts until reboot; a suite's worth fills a machine)."""
-    from training.launcher import SHM_DIR, SHM_PREFIX
+    from training.launch.launcher import SHM_DIR, SHM_PREFIX
 
     def buffers() -> set[str]:
         return {p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}_{os.getuid()}_*")} if SHM_DIR.is_dir() else set()

@@ -11,8 +11,8 @@ from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.stage import ingest_cached, tokenize_cached
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-from training.run import train_model
-from training.tasks import TaskSpec
+from training.launch.stage import train_model
+from training.task_spec import TaskSpec
 
 
 def prepare_tasks(cfgs: list[TaskDataConfig], encoder: Path, data_dir: Path, out: Path,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from training.affinity import affinity_markdown, affinity_matrix, affinity_metrics, affinity_table
-from training.model import MultiTaskModel
-from training.tasks import TaskSpec
+from training.evaluation.affinity import affinity_markdown, affinity_matrix, affinity_metrics, affinity_table
+from training.model.multitask import MultiTaskModel
+from training.task_spec import TaskSpec
 
 SPECS = [TaskSpec(name=n, type="sequence_classification", labels=["0", "1"]) for n in ("a", "same", "flip")]
 

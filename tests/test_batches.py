@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from training.batches import TaskBatches
-from training.sampling import ProportionalSampler
+from training.trainer.batches import TaskBatches
+from training.trainer.sampling import ProportionalSampler
 
 
 def features(n: int, token: bool) -> list[dict]:

@@ -1,5 +1,4 @@
-"""Every benchmark script starts as `python bench/NAME.py` (bench/tokenize.py shares a stdlib
-module's name, which once broke the other scripts' imports)."""
+"""Every benchmark script starts as `python bench/NAME.py`."""
 from __future__ import annotations
 
 import subprocess

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.batches import TaskBatches, padding_efficiency
+from training.trainer.batches import TaskBatches, padding_efficiency
 
 
 def varied(n: int, seed: int = 0) -> list[dict]:

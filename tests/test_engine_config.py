@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from training.config import DeepSpeedConfig, TrainingConfig, deepspeed_problems, training_problems
-from training.engine import deepspeed_config
-from training.launcher import launch_command
+from training.trainer.engine import deepspeed_config
+from training.launch.launcher import launch_command
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "infra" / "deepspeed").glob("*.json"))
@@ -64,7 +64,7 @@ def test_launch_commands_per_node():
     assert {"--no_ssh", "--node_rank=1", "--num_nodes=2", "--hostfile=hosts", "--master_addr=10.0.0.1"} <= set(cmd)
     torch_cmd = launch_command(two.model_copy(update={"launcher": "torchrun"}), "spec.json", 29511)
     assert {"--nnodes=2", "--node_rank=1", "--nproc_per_node=1"} <= set(torch_cmd)
-    assert cmd[-3:] == torch_cmd[-3:] == ["training.worker", "--spec", "spec.json"]
+    assert cmd[-3:] == torch_cmd[-3:] == ["training.trainer.worker", "--spec", "spec.json"]
 
 
 @pytest.mark.parametrize("num_params", [22_713_217, 4_000_003, 9_999_999_999])

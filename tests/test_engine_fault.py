@@ -27,7 +27,7 @@ def worker_pids(spec: Path, local_rank: int) -> list[int]:
         except (FileNotFoundError, PermissionError, NotADirectoryError):
             continue
         text = [a.decode(errors="replace") for a in args]
-        if "training.worker" in text and f"--local_rank={local_rank}" in text and str(spec) in text:
+        if "training.trainer.worker" in text and f"--local_rank={local_rank}" in text and str(spec) in text:
             found.append(int(entry.name))
     return found
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine_support import metrics, tiny_tasks, train
-from training.export import load_export
-from training.launcher import free_port
+from training.model.export import load_export
+from training.launch.launcher import free_port
 
 
 @pytest.mark.slow

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from engine_support import tiny_tasks, train
-from training.checkpoints import CheckpointStore
-from training.launcher import free_port
+from training.trainer.checkpoints import CheckpointStore
+from training.launch.launcher import free_port
 
 
 @pytest.fixture()

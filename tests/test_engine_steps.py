@@ -9,10 +9,10 @@ from torch import nn
 
 from training import engine as engine_module
 from training.config import DeepSpeedConfig, TrainingConfig
-from training.engine import Engine, adamw, clip_gradients, deepspeed_config, param_groups
-from training.launcher import single_process_world
-from training.model import build_model
-from training.tasks import TaskSpec
+from training.trainer.engine import Engine, adamw, clip_gradients, deepspeed_config, param_groups
+from training.launch.launcher import single_process_world
+from training.model.multitask import build_model
+from training.task_spec import TaskSpec
 
 SPECS = [TaskSpec(name="pos", type="token_classification", labels=[f"t{i}" for i in range(5)]),
          TaskSpec(name="cls", type="sequence_classification", labels=["a", "b", "c"])]
@@ -147,7 +147,7 @@ def test_resuming_a_checkpoint_of_an_unfused_adamw_keeps_clipping(world_of_one, 
     """A run checkpointed by an engine whose AdamW was not fused (another device, an older
     version) resumes unfused: the optimizer's groups come from the checkpoint, and the clipping
     must not hand a gradient scale to an optimizer that takes none."""
-    from training.checkpoints import CheckpointStore
+    from training.trainer.checkpoints import CheckpointStore
 
     store = CheckpointStore(str(tmp_path / "checkpoints"))
     steps = batches(4)

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from engine_support import metrics, tiny_tasks, train
-from training.export import load_export
+from training.model.export import load_export
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_zero_stage_trains_and_exports(tiny_encoder, tasks, tmp_path, deepspeed)
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert rows[-1]["lr"] < rows[1]["lr"]  # warmup then decay
-    assert any("training.worker" in line for line in log)
+    assert any("training.trainer.worker" in line for line in log)
     model, _, _ = load_export(export)  # strict: every weight of the model is in the export
     weights = load_file(str(Path(export) / "model.safetensors"))
     assert all(w.dtype == torch.float32 for w in weights.values())

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from training.launcher import TrainingFailed, run_launcher
+from training.launch.launcher import TrainingFailed, run_launcher
 
 SPAWNER = """
 import subprocess, sys, time
@@ -48,7 +48,7 @@ def test_nonzero_exit_is_a_failure_with_streamed_output():
 
 
 def test_shared_memory_buffers_of_one_run_are_removed_and_others_kept(tmp_path, monkeypatch):
-    from training.launcher import SHM_PREFIX, release_own_shm_buffer, remove_shm_buffers
+    from training.launch.launcher import SHM_PREFIX, release_own_shm_buffer, remove_shm_buffers
 
     uid = os.getuid()
     mine = [tmp_path / f"{SHM_PREFIX}_{uid}_127.0.0.1_29511_{r}" for r in (0, 1)]

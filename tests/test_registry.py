@@ -7,10 +7,10 @@ import pytest
 from mlflow import MlflowClient
 
 from training.config import PromotionConfig, RegistryConfig
-from training.export import write_export
-from training.model import build_model
-from training.registry import gate, metric_key, promote_if_better, register_model, set_champion
-from training.tasks import TaskSpec
+from training.model.export import write_export
+from training.model.multitask import build_model
+from training.release.registry import gate, metric_key, promote_if_better, register_model, set_champion
+from training.task_spec import TaskSpec
 
 PRIMARY = {"pos": "accuracy", "ner": "entity_f1"}
 
@@ -63,8 +63,8 @@ def test_register_is_idempotent_and_promotion_follows_the_gate(export, tmp_path)
 
 
 def test_champion_label_maps_come_from_the_registered_card(export, tmp_path):
-    from training.export import CARD
-    from training.registry import CARD_ARTIFACT, champion_labels
+    from training.model.export import CARD
+    from training.release.registry import CARD_ARTIFACT, champion_labels
 
     missing = tmp_path / "none.db"
     assert champion_labels(f"sqlite:///{missing}", "m", "champion") is None

@@ -12,8 +12,8 @@ from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.errors import DataValidationError
 from data_prep.ingest import ingest_task
 from engine_support import prepare_tasks
-from training.metrics import METRICS, metrics_for
-from training.tasks import TaskSpec
+from training.evaluation.metrics import METRICS, metrics_for
+from training.task_spec import TaskSpec
 
 
 def regression_cfg(train: Path, dev: Path, **kw: object) -> TaskDataConfig:
@@ -55,7 +55,7 @@ def test_features_carry_the_value_and_the_head_has_one_output(tmp_path, tiny_enc
     from transformers import AutoTokenizer
 
     from data_prep.tokenize import tokenize_with_stats
-    from training.model import build_model
+    from training.model.multitask import build_model
 
     train = tmp_path / "train.tsv"
     train.write_text("sentence1\tsentence2\tlabel\nA man sleeps.\tA person rests.\t4.2\nA cat.\tA car.\t0\n")
@@ -88,8 +88,8 @@ def test_the_regression_loss_fits_a_learnable_target(tiny_encoder):
     import torch
     from transformers import AutoTokenizer
 
-    from training.batches import collate
-    from training.model import build_model
+    from training.trainer.batches import collate
+    from training.model.multitask import build_model
 
     torch.manual_seed(0)
     spec = TaskSpec(name="score", type="sequence_regression", labels=[])
@@ -119,8 +119,8 @@ def test_pair_regression_trains_beside_tagging_with_two_processes(tiny_encoder, 
     """An entailment score (1.0 entailed, 0.0 not) from the real RTE pairs beside POS, 2 DeepSpeed
     processes; the export predicts values and the evaluation scores them by correlation."""
     from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-    from training.run import evaluate_model, train_model
-    from training.predict import Predictor
+    from training.launch.stage import evaluate_model, train_model
+    from training.evaluation.predict import Predictor
 
     def write(split: str, limit: int) -> Path:
         with open(data_dir / "pair_rte" / f"{split}.tsv", encoding="utf-8") as handle:

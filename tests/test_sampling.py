@@ -5,8 +5,8 @@ from collections import Counter
 
 import pytest
 
-from training.registries import lookup
-from training.sampling import SAMPLERS, AnnealedSampler
+from training.lookup import lookup
+from training.trainer.sampling import SAMPLERS, AnnealedSampler
 
 SIZES = {"big": 800, "mid": 150, "small": 50}
 DRAWS = 6000

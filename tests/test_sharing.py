@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from training.export import load_export, write_export
-from training.model import MultiTaskModel
-from training.sharing import SHARING
-from training.tasks import TaskSpec
+from training.model.export import load_export, write_export
+from training.model.multitask import MultiTaskModel
+from training.model.sharing import SHARING
+from training.task_spec import TaskSpec
 
 TASKS = [TaskSpec(name="pos", type="token_classification", labels=["A", "B", "C"]),
          TaskSpec(name="sst2", type="sequence_classification", labels=["0", "1"])]
@@ -94,7 +94,7 @@ def test_adversarial_reverses_gradient_and_reports_accuracy(tiny_encoder):
 
 
 def test_gradient_reversal_flips_sign():
-    from training.sharing.common import GradReverse
+    from training.model.sharing.common import GradReverse
 
     x = torch.ones(3, requires_grad=True)
     (GradReverse.apply(x, 0.5) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()

@@ -12,9 +12,9 @@ from data_prep.config import TaskDataConfig
 from engine_support import prepare_tasks
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-from training.run import train_model
-from training.sharing import SHARING
-from training.weighting import WEIGHTINGS
+from training.launch.stage import train_model
+from training.model.sharing import SHARING
+from training.trainer.weighting import WEIGHTINGS
 
 STEPS = 6
 
@@ -42,7 +42,7 @@ def rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def predicts_every_task(export: Path) -> dict[str, Any]:
-    from training.predict import Predictor
+    from training.evaluation.predict import Predictor
 
     out = Predictor(export).predict(["EU rejects German call to boycott British lamb ."])[0]
     assert set(out) == {"pos", "ner", "sst2"} and len(out["pos"]) == 9

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from training.weighting import WEIGHTINGS
-from training.weighting.pcgrad import pcgrad_coefficients
+from training.trainer.weighting import WEIGHTINGS
+from training.trainer.weighting.pcgrad import pcgrad_coefficients
 
 TASKS = ["a", "b"]
 

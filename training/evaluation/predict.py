@@ -1,0 +1,86 @@
+"""Inference from an exported model: every task from raw text, sharing encoder passes.
+
+Token tasks see the text split on whitespace (long sentences are chunked like in training and
+stitched back); sentence tasks see the same encoding; pair tasks get a second pass over
+(text, text_pair) only when a pair is given. Classification gives label names, regression the
+predicted value.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_prep.config import is_pair_task, is_regression, is_token_task
+from data_prep.tokenize import encode_texts, encode_words
+from training.trainer.batches import collate
+from training.model.export import load_export
+
+
+class Predictor:
+    def __init__(self, export_dir: str | Path, batch_size: int = 64) -> None:
+        self.model, self.tokenizer, self.card = load_export(export_dir)
+        self.max_length = int(self.card["max_length"])
+        self.batch_size = batch_size
+        self.tasks = self.model.tasks
+
+    def _batches(self, rows: list[dict[str, Any]]):
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            batch = collate([{**r, "labels": 0} for r in chunk], self.tokenizer.pad_token_id)
+            batch.pop("labels")
+            yield start, batch
+
+    def _sentence_outputs(self, task: str, logits: torch.Tensor) -> list[Any]:
+        """A label per row for classification, the predicted value for regression."""
+        spec = self.tasks[task]
+        if is_regression(spec.type):
+            return logits[:, 0].float().tolist()
+        return [spec.labels[i] for i in logits.argmax(-1).tolist()]
+
+    def predict_words(self, sentences: list[list[str]], tasks: list[str]) -> dict[str, list[list[str]]]:
+        """Word-level predictions for token tasks and sentence predictions for single-text tasks,
+        from one encoder pass per chunk."""
+        chunks = encode_words(self.tokenizer, sentences, self.max_length)
+        rows = [{"input_ids": c.input_ids, "token_type_ids": c.token_type_ids} for c in chunks]
+        out: dict[str, list[Any]] = {t: [[None] * len(s) if is_token_task(self.tasks[t].type) else None
+                                         for s in sentences] for t in tasks}
+        for start, batch in self._batches(rows):
+            logits = self.model.predict_logits(tasks, **batch)
+            for t in tasks:
+                if not is_token_task(self.tasks[t].type):
+                    for offset, value in enumerate(self._sentence_outputs(t, logits[t])):
+                        chunk = chunks[start + offset]
+                        if out[t][chunk.sentence] is None:  # the first chunk of a sentence speaks for it
+                            out[t][chunk.sentence] = value
+                    continue
+                labels = self.tasks[t].labels
+                for offset, ids in enumerate(logits[t].argmax(-1).tolist()):
+                    chunk = chunks[start + offset]
+                    for pos, word in enumerate(chunk.first_subword_word):
+                        if word >= 0:
+                            out[t][chunk.sentence][word] = labels[ids[pos]]
+        return out
+
+    def predict_texts(self, texts: list[str], pairs: list[str] | None, tasks: list[str]) -> dict[str, list[Any]]:
+        enc = encode_texts(self.tokenizer, texts, pairs, self.max_length)
+        types = enc.get("token_type_ids") or [[0] * len(i) for i in enc["input_ids"]]
+        rows = [{"input_ids": i, "token_type_ids": t} for i, t in zip(enc["input_ids"], types)]
+        out: dict[str, list[Any]] = {t: [] for t in tasks}
+        for _, batch in self._batches(rows):
+            logits = self.model.predict_logits(tasks, **batch)
+            for t in tasks:
+                out[t].extend(self._sentence_outputs(t, logits[t]))
+        return out
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
+        """Every task for every text: token tasks give a tag per whitespace word."""
+        single = [t for t, s in self.tasks.items() if not is_pair_task(s.type)]
+        paired = [t for t, s in self.tasks.items() if is_pair_task(s.type)]
+        words = [text.split() for text in texts]
+        results: dict[str, list[Any]] = self.predict_words(words, single) if single else {}
+        if paired and text_pairs is not None:
+            results.update(self.predict_texts(texts, text_pairs, paired))
+        return [{t: results[t][i] for t in results} for i in range(len(texts))]

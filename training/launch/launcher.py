@@ -1,0 +1,155 @@
+"""Launch the training worker as its own process group, stream its output, enforce a timeout,
+and kill every child on failure, timeout or cancellation."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from training.config import TrainingConfig
+
+# DeepSpeed's CPU accelerator reduces between local ranks through one POSIX shared-memory segment
+# per rank (about 70 MB, named <prefix>_<uid>_<master addr>_<master port>_<rank>) and never
+# unlinks it: left alone, every run would keep that much RAM (/dev/shm is memory) until reboot.
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "deepspeed_allreduce_buffer"
+
+
+class TrainingFailed(RuntimeError):
+    """The launched training exited non-zero or ran past its time limit."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_command(train: TrainingConfig, spec_path: str, master_port: int,
+                   hostfile: str | None = None) -> list[str]:
+    """The launcher command for this node. Several nodes: every node runs this with its own
+    `train.node_rank` (deepspeed --no_ssh, or torchrun), or node 0 alone starts all of them over
+    ssh from a hostfile (`multi_node_launch: ssh`, deepspeed only)."""
+    bin_dir = Path(sys.executable).parent
+    worker = ["--spec", spec_path]
+    addr, nodes, procs = train.master_addr, train.nodes, train.processes
+    if train.launcher == "torchrun":
+        return [str(bin_dir / "torchrun"), f"--nnodes={nodes}", f"--nproc_per_node={procs}",
+                f"--node_rank={train.node_rank}", f"--master_addr={addr}", f"--master_port={master_port}",
+                "-m", "training.trainer.worker", *worker]
+    cmd = [str(bin_dir / "deepspeed"), f"--master_port={master_port}", f"--master_addr={addr}"]
+    if nodes == 1:
+        cmd += ["--num_nodes=1", f"--num_gpus={procs}"]
+    elif train.multi_node_launch == "ssh":
+        cmd += [f"--hostfile={hostfile}", f"--num_nodes={nodes}", f"--num_gpus={procs}"]
+    else:
+        # the runner reads the world's shape from a hostfile even without ssh; its names are labels
+        cmd += [f"--hostfile={hostfile}", "--no_ssh", f"--node_rank={train.node_rank}",
+                f"--num_nodes={nodes}", f"--num_gpus={procs}"]
+    return cmd + ["--module", "training.trainer.worker", *worker]
+
+
+def write_hostfile(path: str | Path, nodes: int, processes: int) -> str:
+    """A hostfile naming `nodes` nodes of `processes` slots (used by --no_ssh only for its shape)."""
+    Path(path).write_text("".join(f"node-{i} slots={processes}\n" for i in range(nodes)))
+    return str(path)
+
+
+def shm_buffers(port: int | str, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """This user's DeepSpeed shared-memory buffers of the run whose master port is `port`."""
+    return sorted(shm_dir.glob(f"{SHM_PREFIX}_{os.getuid()}_*_{port}_*")) if shm_dir.is_dir() else []
+
+
+def remove_shm_buffers(port: int | str, shm_dir: Path = SHM_DIR) -> int:
+    """Unlink what a finished (or killed) run on `port` left in shared memory; returns how many."""
+    removed = 0
+    for path in shm_buffers(port, shm_dir):
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def release_own_shm_buffer(rank: int, shm_dir: Path = SHM_DIR) -> None:
+    """Called by each worker once every local rank has mapped every other rank's buffer (after a
+    barrier that follows the process group's start): the name is no longer needed, and unlinking
+    it now frees the memory when the processes end, however they end."""
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if addr and port:
+        (shm_dir / f"{SHM_PREFIX}_{os.getuid()}_{addr}_{port}_{rank}").unlink(missing_ok=True)
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the whole group, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_launcher(cmd: list[str], env: dict[str, str], timeout_s: float, log: Callable[[str], None],
+                 cwd: str | None = None) -> None:
+    """Run `cmd` in a new session (its own process group); raise `TrainingFailed` unless it exits 0."""
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1, start_new_session=True)
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log(line.rstrip())
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise TrainingFailed(f"training ran past its {timeout_s:.0f} s limit and was stopped")
+            time.sleep(0.5)
+    finally:
+        # on timeout, an exception or a cancellation of the calling task: no orphan workers
+        kill_group(proc)
+        reader.join(timeout=5)
+    if proc.returncode != 0:
+        raise TrainingFailed(f"training exited with code {proc.returncode}; see the log above")
+
+
+@contextmanager
+def single_process_world() -> Iterator[None]:
+    """This process as a DeepSpeed world of one, for work done in-process (benchmarks, tests):
+    the rendezvous variables a launcher would set, the process group, and afterwards the variables
+    as they were, so workers launched later do not inherit this world."""
+    import deepspeed
+    import torch.distributed as dist
+
+    world = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    saved = {key: os.environ.get(key) for key in world}
+    os.environ.update(world)
+    try:
+        deepspeed.init_distributed()
+        release_own_shm_buffer(0)
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

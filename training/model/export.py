@@ -1,0 +1,59 @@
+"""The exported model folder: safetensors weights, encoder config, tokenizer, label maps and
+the model card `mtl_model.json`. Written atomically: a temp folder renamed into place."""
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer
+
+from training.model.multitask import MultiTaskModel, build_model_skeleton, inference_state
+from training.task_spec import TaskSpec
+
+CARD = "mtl_model.json"
+WEIGHTS = "model.safetensors"
+ENCODER_DIR = "encoder"
+
+
+def write_export(out_dir: str | Path, state_dict: dict[str, torch.Tensor], model: MultiTaskModel,
+                 tokenizer: Any, card: dict[str, Any]) -> Path:
+    out = Path(out_dir)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in inference_state(state_dict).items()}, str(tmp / WEIGHTS))
+    model.encoder_config.save_pretrained(tmp / ENCODER_DIR)
+    tokenizer.save_pretrained(tmp / "tokenizer")
+    card = {**card, "tasks": [t.model_dump() for t in model.tasks.values()]}
+    (tmp / CARD).write_text(json.dumps(card, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def export_weights(export_dir: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(export_dir) / WEIGHTS))
+
+
+def read_card(export_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(export_dir) / CARD).read_text())
+
+
+def load_export(export_dir: str | Path) -> tuple[MultiTaskModel, Any, dict[str, Any]]:
+    root = Path(export_dir)
+    card = read_card(root)
+    tasks = [TaskSpec(**t) for t in card["tasks"]]
+    model = build_model_skeleton(root / ENCODER_DIR, tasks, card["sharing"], card.get("dropout", 0.1),
+                                 card.get("sharing_params", {}))
+    missing, unexpected = model.load_state_dict(load_file(str(root / WEIGHTS)), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{root / WEIGHTS} does not match the model card: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+    return model, tokenizer, card
