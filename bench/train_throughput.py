@@ -53,7 +53,7 @@ from training.config import DeepSpeedConfig, TrainingConfig  # noqa: E402
 from training.trainer.engine import adamw, fused, param_groups  # noqa: E402
 from training.launch.launcher import single_process_world  # noqa: E402
 from training.model.multitask import build_model, resolve_encoder_path  # noqa: E402
-from training.launch.stage import train_model  # noqa: E402
+from training.launch.train import train_model  # noqa: E402
 from training.trainer.sampling import SAMPLERS  # noqa: E402
 from training.task_spec import TaskSpec  # noqa: E402
 

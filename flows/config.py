@@ -15,14 +15,9 @@ from data_prep.config import S3Config, TaskDataConfig, TokenizeConfig
 from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
-from training.config import (DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig,
-                             TrainingConfig, deepspeed_problems, training_problems)
-from training.validation import combination_problems
+from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.evaluation.affinity import AffinityConfig
-from training.lookup import lookup
-from training.trainer.sampling import SAMPLERS
-from training.model.sharing import SHARING
-from training.trainer.weighting import WEIGHTINGS
+from training.validation import config_problems
 
 
 class ConfigError(ValueError):
@@ -99,20 +94,11 @@ def load_config(path: str | Path) -> PipelineConfig:
 
 
 def semantic_problems(cfg: PipelineConfig) -> list[str]:
-    """Checks across fields: registry names, duplicate tasks, files that must exist."""
-    problems = []
-    for key, registry, kind in (("training.sharing", SHARING, "sharing strategy"),
-                                ("training.sampler", SAMPLERS, "sampler"),
-                                ("training.weighting", WEIGHTINGS, "loss weighting")):
-        try:
-            lookup(registry, getattr(cfg.training, key.split(".")[1]), kind)
-        except KeyError as exc:
-            problems.append(f"{key}: {exc.args[0]}")
+    """Checks across fields: the training sections (training.validation), duplicate tasks, files that must exist."""
     names = [t.name for t in cfg.tasks]
-    problems += combination_problems(cfg.training, cfg.deepspeed, names)  # issue 5: strategy x engine
+    problems = config_problems(cfg.training, cfg.deepspeed, names)
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: task name {dup!r} is used more than once; names must be unique")
-    problems += deepspeed_problems(cfg.deepspeed) + training_problems(cfg.training)
     issues = IssueCollector()
     for index, task in enumerate(cfg.tasks):
         check_task_config(task, cfg.resolved_data_dir(), issues, cfg.storage.s3)

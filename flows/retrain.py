@@ -16,7 +16,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
                          register, task_affinity, tokenize, tokenize_metrics, train)
-from training.task_spec import TaskSpec  # noqa: E402
+from training.task_spec import spec_for  # noqa: E402
 
 
 def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
@@ -46,8 +46,7 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
         previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root)
     ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
     tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
-    specs = [TaskSpec(name=t.name, type=t.type, labels=ingested[t.name]["labels"], label_scheme=t.label_scheme)
-             for t in config.tasks]
+    specs = [spec_for(t, ingested[t.name]["labels"]) for t in config.tasks]
     features = {n: r["features"] for n, r in tokenized.items()}
     export_dir = train(config.encoder, config.training, config.deepspeed, specs, features, run_dir)
     metrics = evaluate(export_dir, specs, {n: r["splits"]["dev"] for n, r in ingested.items()},

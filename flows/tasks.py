@@ -17,10 +17,11 @@ from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model.multitask import resolve_encoder_path
 from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
-from training.model.export import CARD
-from training.release.registry import (CARD_ARTIFACT, champion_labels, default_artifact_root, promote_if_better,
+from training.release.registry import (champion_labels, default_artifact_root, promote_if_better, run_files,
                                register_model, tracking_uri)
-from training.launch.stage import evaluate_model, train_model
+from training.evaluation.evaluate import evaluate_model
+from training.launch.layout import RunLayout
+from training.launch.train import train_model
 from training.task_spec import TaskSpec
 
 
@@ -47,7 +48,7 @@ def prepare_run(config: PipelineConfig) -> str:
     run_dir = Path(config.storage.root).resolve() / "runs" / f"{config.name}-{run_id}"
     resolved = config.model_dump(mode="json")
     resolved["data_dir"] = config.resolved_data_dir()
-    atomic_write_text(run_dir / "config.resolved.json", json.dumps(resolved, indent=2))
+    atomic_write_text(RunLayout(run_dir).config_file, json.dumps(resolved, indent=2))
     get_run_logger().info("run folder: %s", run_dir)
     return str(run_dir)
 
@@ -67,7 +68,7 @@ def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str, stor
     `previous_labels` maps a task to the champion model's label list: those keep their ids."""
     previous = previous_labels or {}
     cache = ArtifactCache(storage.cache_root(), storage.s3)
-    out = {t.name: ingest_cached(t, data_dir, cache, Path(run_dir) / "data", storage.s3, previous.get(t.name))
+    out = {t.name: ingest_cached(t, data_dir, cache, RunLayout(Path(run_dir)).data_dir, storage.s3, previous.get(t.name))
            for t in tasks}
     rows = [{"task": n, "labels": len(r["labels"]), **r["counts"], "cached": r["cached"]} for n, r in out.items()]
     create_table_artifact(rows, key="ingest-counts", description="examples per task and split")
@@ -83,7 +84,7 @@ def tokenize(tasks: list[TaskDataConfig], ingested: dict[str, dict[str, Any]], e
     cache = ArtifactCache(storage.cache_root(), storage.s3)
     path = resolve_encoder_path(encoder.name_or_path)
     out = {t.name: tokenize_cached(t, ingested[t.name], path, encoder.max_length, settings, cache,
-                                   Path(run_dir) / "data") for t in tasks}
+                                   RunLayout(Path(run_dir)).data_dir) for t in tasks}
     rows = [{"task": n, **{k: v for k, v in r["stats"].items() if k != "label_distribution"},
              "labels": json.dumps(r["stats"]["label_distribution"]), "cached": r["cached"]} for n, r in out.items()]
     create_table_artifact(rows, key="tokenize-stats", description="tokenized training inputs per task")
@@ -137,11 +138,10 @@ def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: st
              export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]],
              data_metrics: dict[str, float]) -> dict[str, Any]:
     uri = tracking_uri(registry, state_dir)
-    files = {"config": Path(run_dir) / "config.resolved.json", "training": Path(run_dir) / "train_metrics.jsonl",
-             CARD_ARTIFACT: Path(export_dir) / CARD}
-    artifacts = {name: str(path) for name, path in files.items() if path.exists()}
+    artifacts, logs = run_files(run_dir, export_dir)
     registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name,
-                                export_dir, params, metrics, artifacts, promotion.challenger_alias, data_metrics)
+                                export_dir, params, metrics, artifacts, promotion.challenger_alias, data_metrics,
+                                logs)
     get_run_logger().info("registered %s version %s", registered.model_name, registered.version)
     return registered.__dict__
 

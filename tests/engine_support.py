@@ -8,29 +8,19 @@ from typing import Any
 
 from data_prep.cache import ArtifactCache
 from data_prep.config import TaskDataConfig, TokenizeConfig
-from data_prep.stage import ingest_cached, tokenize_cached
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-from training.launch.stage import train_model
+from training.launch.train import train_model
 from training.task_spec import TaskSpec
+from training.task_spec import prepare_tasks as prepare
 
 
 def prepare_tasks(cfgs: list[TaskDataConfig], encoder: Path, data_dir: Path, out: Path,
                   max_length: int = 48) -> tuple[list[TaskSpec], dict[str, str], dict[str, str]]:
     """Tasks ingested and tokenized by data_prep: (specs, train feature files, dev example files)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(encoder))
-    cache = ArtifactCache(str(out / "cache"))
-    specs, features, dev = [], {}, {}
-    for cfg in cfgs:
-        ingested = ingest_cached(cfg, str(data_dir), cache, out / "data")
-        features[cfg.name] = tokenize_cached(cfg, ingested, str(encoder), max_length, TokenizeConfig(), cache,
-                                             out / "data", tokenizer)["features"]
-        dev[cfg.name] = ingested["splits"]["dev"]
-        specs.append(TaskSpec(name=cfg.name, type=cfg.type, labels=ingested["labels"],
-                              label_scheme=cfg.label_scheme))
-    return specs, features, dev
+    prepared = prepare(cfgs, str(data_dir), str(encoder), max_length, TokenizeConfig(),
+                       ArtifactCache(str(out / "cache")), out)
+    return prepared.specs, prepared.features, prepared.dev
 
 
 def tiny_tasks(encoder: Path, data_dir: Path, out: Path) -> tuple[list[TaskSpec], dict[str, str]]:

@@ -63,3 +63,30 @@ def test_strategy_limits_apply_to_a_zero_stage_set_in_a_deepspeed_file(data_dir)
     raw["deepspeed"] = {"config_file": str(ROOT / "infra" / "deepspeed" / "zero3.json")}
     with pytest.raises(ConfigError, match="deepspeed.zero_stage: a gradient-based weighting"):
         check_config(parse_config(raw))
+
+
+def test_the_retired_transfer_strategy_names_the_schedule_key(data_dir):
+    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    raw["training"]["sharing"] = "transfer"
+    raw["training"]["sharing_params"] = {"finetune_steps": 10}
+    with pytest.raises(ConfigError) as err:
+        check_config(parse_config(raw))
+    problems = err.value.problems
+    assert any(p.startswith("training.sharing: 'transfer' is no longer a sharing strategy") and
+               "training.schedule: mtdnn" in p for p in problems), problems
+    assert not any("unknown sharing strategy" in p for p in problems), problems
+
+
+def test_mtdnn_schedule_is_checked_before_anything_runs(data_dir):
+    raw = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    raw["training"].update({"schedule": "mtdnn", "sharing": "soft",
+                            "schedule_params": {"finetune_tasks": ["pos", "chunking"], "finetune_step": 3}})
+    with pytest.raises(ConfigError) as err:
+        check_config(parse_config(raw))
+    text = str(err.value)
+    assert "training.schedule_params.finetune_step: Extra inputs are not permitted" in text
+    assert "training.schedule_params.finetune_tasks: unknown task(s) ['chunking']" in text
+    assert "training.sharing: the mtdnn schedule fine-tunes each task" in text
+    raw["training"]["schedule"] = "curriculum"
+    with pytest.raises(ConfigError, match=r"training.schedule: unknown schedule 'curriculum'; valid: \['mtdnn', 'single'\]"):
+        check_config(parse_config(raw))

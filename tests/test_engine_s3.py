@@ -67,3 +67,23 @@ def test_training_checkpoints_to_s3_and_resumes_from_there(s3, tiny_encoder, dat
     assert any("resumed from checkpoint at step 8" in line for line in log)
     assert (run / "checkpoint-staging" / "step_00000008").is_dir()
     assert (run / "model" / "mtl_model.json").is_file() and export == str(run / "model")
+
+
+@pytest.mark.slow
+def test_two_staged_runs_on_one_checkpoint_uri_never_share_checkpoints(s3, tiny_encoder, data_dir, tmp_path):
+    """Each run's checkpoints live under <uri>/<run folder>/<stage>: the run folder carries the flow
+    run's id, so a second run of the same config starts fresh instead of resuming the first's."""
+    tasks = tiny_tasks(tiny_encoder, data_dir, tmp_path / "tasks")
+    staged = {"schedule": "mtdnn", "schedule_params": {"finetune_tasks": ["sst2"], "finetune_steps": 2},
+              "steps": 4, "checkpoint_every": 2, "checkpoint_uri": s3, "keep_checkpoints": 1}
+    logs: dict[str, list[str]] = {}
+    for run in ("demo-flowrun1", "demo-flowrun2"):
+        logs[run] = []
+        train(tiny_encoder, tasks, tmp_path / run, {"zero_stage": 2}, logs[run], **staged)
+    assert not any("resumed from checkpoint" in line for log in logs.values() for line in log)
+    for run in logs:
+        for stage, last in (("multitask", "step_00000004"), ("finetune-sst2", "step_00000002")):
+            store = CheckpointStore(f"{s3}/{run}/{stage}", str(tmp_path / "check" / run / stage))
+            assert store.complete_tags() == [last], (run, stage)
+    fs = CheckpointStore(s3, str(tmp_path / "check" / "root"))._fs()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(s3)) == ["demo-flowrun1", "demo-flowrun2"]

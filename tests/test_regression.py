@@ -119,7 +119,8 @@ def test_pair_regression_trains_beside_tagging_with_two_processes(tiny_encoder, 
     """An entailment score (1.0 entailed, 0.0 not) from the real RTE pairs beside POS, 2 DeepSpeed
     processes; the export predicts values and the evaluation scores them by correlation."""
     from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-    from training.launch.stage import evaluate_model, train_model
+    from training.evaluation.evaluate import evaluate_model
+    from training.launch.train import train_model
     from training.evaluation.predict import Predictor
 
     def write(split: str, limit: int) -> Path:

@@ -14,7 +14,7 @@ from training.task_spec import TaskSpec
 TASKS = [TaskSpec(name="pos", type="token_classification", labels=["A", "B", "C"]),
          TaskSpec(name="sst2", type="sequence_classification", labels=["0", "1"])]
 PARAMS = {"hard": {}, "soft": {"bottleneck": 4, "l2_pull": 0.1}, "attention": {},
-          "adversarial": {"orthogonality_weight": 0.1}, "transfer": {"finetuned": ["sst2"]}}
+          "adversarial": {"orthogonality_weight": 0.1}, "multi_encoder": {"task_encoders": ["sst2"]}}
 
 
 def batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -123,3 +123,16 @@ def test_config_validation_names_incompatible_combinations(tiny_encoder, data_di
     raw["training"].update(sharing_params={}, weighting_params={})
     raw["deepspeed"] = {"zero_stage": 2}
     assert semantic_problems(parse_config(raw)) == []
+
+
+def test_an_export_of_the_retired_transfer_strategy_still_loads(tiny_encoder, tmp_path):
+    """Models registered while staged training was the `transfer` strategy have the multi_encoder shape."""
+    model = model_for(tiny_encoder, "multi_encoder").eval()
+    reference = model.predict_logits(["pos", "sst2"], **batch(1))
+    write_export(tmp_path / "m", model.state_dict(), model, AutoTokenizer.from_pretrained(tiny_encoder),
+                 {"sharing": "transfer", "sharing_params": {"finetuned": ["sst2"]}, "dropout": 0.0, "max_length": 16})
+    loaded, _, _ = load_export(tmp_path / "m")
+    assert list(loaded.sharing.task_encoders) == ["sst2"]
+    again = loaded.predict_logits(["pos", "sst2"], **batch(1))
+    for task in reference:
+        torch.testing.assert_close(again[task], reference[task])

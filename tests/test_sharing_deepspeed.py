@@ -12,7 +12,7 @@ from data_prep.config import TaskDataConfig
 from engine_support import prepare_tasks
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-from training.launch.stage import train_model
+from training.launch.train import train_model
 from training.model.sharing import SHARING
 from training.trainer.weighting import WEIGHTINGS
 
@@ -50,7 +50,7 @@ def predicts_every_task(export: Path) -> dict[str, Any]:
 
 
 SHARING_CASES = {"hard": {}, "soft": {"bottleneck": 8, "l2_pull": 0.01}, "attention": {},
-                 "adversarial": {}, "transfer": {"finetune_tasks": ["sst2"], "finetune_steps": 4}}
+                 "adversarial": {}, "multi_encoder": {"task_encoders": ["sst2"]}}
 
 
 @pytest.mark.parametrize("sharing", sorted(SHARING))
@@ -58,18 +58,45 @@ def test_strategy_trains_with_two_processes(demo, tmp_path, sharing):
     export = train(demo, tmp_path, sharing=sharing, sharing_params=SHARING_CASES[sharing])
     card = predicts_every_task(export)
     assert card["sharing"] == sharing
-    if sharing == "transfer":
-        assert card["head_stage"] == {"pos": "multitask", "ner": "multitask", "sst2": "finetune"}
-        assert [r["step"] for r in rows(tmp_path / "stage2-sst2")] == [2, 4]
-        log = rows(tmp_path / "stage1")
-    else:
-        log = rows(tmp_path)
+    log = rows(tmp_path)
     assert [r["step"] for r in log] == [2, 4, 6]
     if sharing == "attention":
         weights = [log[-1][f"layer_weight.pos.{i}"] for i in range(3)]
         assert sum(weights) == pytest.approx(1.0, abs=1e-3)
     if sharing == "adversarial":
         assert all(0.0 <= r["discriminator_accuracy"] <= 1.0 for r in log)
+
+
+def test_mtdnn_schedule_fine_tunes_from_the_multitask_stage(demo, tmp_path):
+    """The staged schedule: a multi-task stage, then sst2 fine-tuned from its export; one assembled
+    export whose card says where each head comes from."""
+    export = train(demo, tmp_path, schedule="mtdnn", schedule_params={"finetune_tasks": ["sst2"], "finetune_steps": 4})
+    card = predicts_every_task(export)
+    assert card["sharing"] == "multi_encoder" and card["sharing_params"] == {"task_encoders": ["sst2"]}
+    assert card["head_stage"] == {"pos": "multitask", "ner": "multitask", "sst2": "finetune-sst2"}
+    stages = {s["name"]: s for s in card["schedule"]["stages"]}
+    assert stages["finetune-sst2"]["init_from"] == "multitask" and stages["finetune-sst2"]["steps"] == 4
+    assert [r["step"] for r in rows(tmp_path / "stages" / "multitask")] == [2, 4, 6]
+    assert [r["step"] for r in rows(tmp_path / "stages" / "finetune-sst2")] == [2, 4]
+    assert not (tmp_path / "train_metrics.jsonl").exists()
+    # every stage's training log reaches the MLflow run, as curves and as files
+    from mlflow import MlflowClient
+
+    from training.config import RegistryConfig
+    from training.release.registry import register_model, run_files
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    artifacts, logs = run_files(tmp_path, export)
+    registered = register_model(RegistryConfig(experiment="staged", model_name="staged"), uri,
+                                (tmp_path / "artifacts").as_uri(), "staged-run", str(export), {}, {}, artifacts,
+                                "challenger", None, logs)
+    client = MlflowClient(uri)
+    history = lambda key: [m.step for m in client.get_metric_history(registered.run_id, key)]  # noqa: E731
+    assert history("train.finetune-sst2.loss.sst2") == [2, 4]
+    assert history("train.multitask.lr") == [2, 4, 6]
+    assert sum(len(history(f"train.multitask.loss.{t}")) for t in ("pos", "ner", "sst2")) == 3
+    files = {f.path for f in client.list_artifacts(registered.run_id, "training")}
+    assert files == {"training/multitask", "training/finetune-sst2"}
 
 
 WEIGHTING_CASES = {"equal": {}, "static": {"weights": {"sst2": 0.5}}, "uncertainty": {}, "dwa": {"period": 2},

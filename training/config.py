@@ -43,7 +43,12 @@ class TrainingConfig(BaseModel):
     checkpoint_uri: str | None = Field(
         None, description="local folder or s3://bucket/prefix; a run's checkpoints go under <uri>/<run name>. "
                           "Default: the run folder. Several nodes need a shared folder or s3://")
-    sharing: str = Field("hard", description="sharing strategy name")
+    schedule: str = Field("single", description="how the run is staged: single (one multi-task stage) or mtdnn "
+                          "(a multi-task stage, then each task fine-tuned from it)")
+    schedule_params: dict[str, Any] = Field(default_factory=dict, description="schedule parameters (mtdnn: "
+                                            "finetune_tasks, finetune_steps)")
+    sharing: str = Field("hard", description="sharing strategy name: hard, soft, attention, adversarial, "
+                         "multi_encoder")
     sampler: str = Field("proportional", description="task sampler name: proportional, temperature, annealed, "
                                                       "uniform, round_robin")
     sampler_temperature: float = Field(2.0, gt=0, description="tau of the temperature sampler: p ~ size^(1/tau)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from data_prep.config import is_pair_task, is_regression, is_token_task
 from data_prep.examples import Example
+from data_prep.stage import read_examples
 from training.evaluation.metrics import METRICS, metrics_for
 from training.evaluation.predict import Predictor
 from training.task_spec import TaskSpec
@@ -26,3 +27,9 @@ def predict_split(predictor: Predictor, task: TaskSpec, examples: list[Example])
 def evaluate_task(predictor: Predictor, task: TaskSpec, examples: list[Example]) -> dict[str, float]:
     gold, pred = predict_split(predictor, task, examples)
     return {name: METRICS[name](gold, pred) for name in metrics_for(task.type, task.label_scheme)}
+
+
+def evaluate_model(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
+                   batch_size: int) -> dict[str, dict[str, float]]:
+    predictor = Predictor(export_dir, batch_size=batch_size)
+    return {t.name: evaluate_task(predictor, t, read_examples(dev_files[t.name])) for t in tasks}

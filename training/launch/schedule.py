@@ -1,72 +1,150 @@
-"""Staged training for the `transfer` strategy (MT-DNN, Liu et al., ACL 2019): stage 1 trains a
-hard-shared multi-task model from the pretrained encoder; stage 2 fine-tunes, per task, a
-single-task model that starts from the stage-1 export. Each stage is an ordinary launched
-training run in its own folder (its own checkpoints, metrics and export, so a retry resumes the
-stage it died in); the assembly writes one export whose card says which stage each head is from.
+"""Schedules: how a run is cut into launched training stages, planned as data before anything runs.
+
+- `single`: one stage over every task (the default).
+- `mtdnn` (Liu, He, Chen & Gao, "Multi-Task Deep Neural Networks for Natural Language
+  Understanding", ACL 2019): a multi-task stage from the pretrained encoder, then, per task, a
+  single-task fine-tuning stage that starts from the multi-task export (warm start through
+  `init_from`, kept apart from resume: each stage resumes only its own checkpoints). The assembly
+  writes one export: the multi-task encoder for tasks not fine-tuned, and each fine-tuned task's
+  own encoder and head (`multi_encoder` sharing), with every stage's provenance on the card.
+
+Contract of a schedule: `Params` (pydantic), `config_problems(training, tasks)`, `plan(training,
+tasks) -> [Stage]` and `assemble(stages, exports, out_dir, log) -> export folder`. One registry:
+`SCHEDULES`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-from transformers import AutoTokenizer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-from training.model.export import CARD, ENCODER_DIR, export_weights, read_card, write_export
-from training.model.multitask import build_model_skeleton
-from training.model.sharing.transfer import TransferParams
-from training.task_spec import TaskSpec
+from training.config import TrainingConfig
+from training.launch.layout import SINGLE
+
+Log = Callable[[str], None]
 
 
-def train_transfer(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig,
-                   tasks: list[TaskSpec], features: dict[str, str], run_dir: str | Path,
-                   log: Callable[[str], None]) -> str:
-    from training.launch.stage import train_model
+class Stage(BaseModel):
+    """One launched training run of a schedule."""
 
-    run = Path(run_dir)
-    params = TransferParams(**training.sharing_params)
-    stage1_cfg = training.model_copy(update={"sharing": "hard", "sharing_params": {}})
-    log("transfer stage 1: multi-task training")
-    stage1 = train_model(encoder, stage1_cfg, deepspeed, tasks, features, run / "stage1", log)
-    chosen = params.finetune_tasks or [t.name for t in tasks]
-    steps = params.finetune_steps or max(1, training.steps // len(tasks))
-    stage2: dict[str, str] = {}
-    for task in (t for t in tasks if t.name in chosen):
-        cfg = training.model_copy(update={
-            "sharing": "hard", "sharing_params": {}, "weighting": "equal", "weighting_params": {},
-            "steps": steps, "warmup_steps": max(1, min(training.warmup_steps, steps // 10)),  # DeepSpeed refuses 0
+    name: str = Field(description="folder name under <run>/stages ('' for a one-stage run)")
+    role: str = Field(description="what the stage is for, written on the model card")
+    tasks: list[str]
+    training: TrainingConfig
+    init_from: str | None = Field(None, description="an earlier stage whose export this one starts from")
+
+
+def params_problems(model: type[BaseModel], params: dict[str, Any]) -> list[str]:
+    try:
+        model.model_validate(params)
+    except ValidationError as exc:
+        return [f"training.schedule_params.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+    return []
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SingleSchedule:
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    @classmethod
+    def config_problems(cls, training: TrainingConfig, tasks: list[str]) -> list[str]:
+        return params_problems(cls.Params, training.schedule_params)
+
+    @staticmethod
+    def plan(training: TrainingConfig, tasks: list[str]) -> list[Stage]:
+        return [Stage(name=SINGLE, role="multitask", tasks=list(tasks), training=training)]
+
+    @staticmethod
+    def assemble(stages: list[Stage], exports: dict[str, str], out_dir: Path, log: Log) -> str:
+        return exports[SINGLE]
+
+
+class MtdnnParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    finetune_tasks: list[str] | None = Field(None, description="tasks fine-tuned in stage 2 (default: all)")
+    finetune_steps: int | None = Field(None, gt=0, description="stage-2 steps per task (default: steps / tasks)")
+
+
+class MtdnnSchedule:
+    Params: ClassVar[type[BaseModel]] = MtdnnParams
+
+    @classmethod
+    def config_problems(cls, training: TrainingConfig, tasks: list[str]) -> list[str]:
+        problems = params_problems(cls.Params, training.schedule_params)
+        unknown = set(training.schedule_params.get("finetune_tasks") or []) - set(tasks)
+        if unknown:
+            problems.append(f"training.schedule_params.finetune_tasks: unknown task(s) {sorted(unknown)}; "
+                            f"tasks are {tasks}")
+        if training.sharing != "hard":
+            problems.append(f"training.sharing: the mtdnn schedule fine-tunes each task from the multi-task "
+                            f"stage's shared encoder, which needs sharing: hard in that stage ({training.sharing!r} "
+                            f"keeps task-specific parts the fine-tuning stage would drop)")
+        return problems
+
+    @classmethod
+    def plan(cls, training: TrainingConfig, tasks: list[str]) -> list[Stage]:
+        params = MtdnnParams(**training.schedule_params)
+        first = training.model_copy(update={"schedule": "single", "schedule_params": {}})
+        stages = [Stage(name="multitask", role="multitask", tasks=list(tasks), training=first)]
+        steps = params.finetune_steps or max(1, training.steps // len(tasks))
+        tuned = training.model_copy(update={
+            "schedule": "single", "schedule_params": {}, "weighting": "equal", "weighting_params": {},
+            "sampler": "proportional", "steps": steps,
+            "warmup_steps": max(1, min(training.warmup_steps, steps // 10)),  # DeepSpeed refuses 0
             "checkpoint_every": min(training.checkpoint_every, steps)})
-        log(f"transfer stage 2: fine-tuning {task.name} from the stage-1 model")
-        stage2[task.name] = train_model(encoder, cfg, deepspeed, [task], {task.name: features[task.name]},
-                                        run / f"stage2-{task.name}", log, init_from=stage1)
-    return assemble_transfer_export(stage1, stage2, run / "model")
+        for task in params.finetune_tasks or tasks:
+            stages.append(Stage(name=f"finetune-{task}", role="finetune", tasks=[task], training=tuned,
+                                init_from="multitask"))
+        return stages
 
+    @staticmethod
+    def assemble(stages: list[Stage], exports: dict[str, str], out_dir: Path, log: Log) -> str:
+        """The multi-task export with each fine-tuned task's encoder copy and head replaced by its
+        stage's weights. Idempotent: an existing assembly is kept."""
+        from transformers import AutoTokenizer
 
-def assemble_transfer_export(stage1: str, stage2: dict[str, str], out_dir: str | Path) -> str:
-    """One export: the stage-1 encoder and heads, with each fine-tuned task's encoder copy and
-    head replaced by its stage-2 weights. Idempotent: an existing assembly is kept."""
-    if (Path(out_dir) / CARD).is_file():
+        from training.model.export import CARD, ENCODER_DIR, export_weights, read_card, write_export
+        from training.model.multitask import build_model_skeleton
+        from training.task_spec import TaskSpec
+
+        if (out_dir / CARD).is_file():
+            return str(out_dir)
+        base = exports["multitask"]
+        tuned = {s.tasks[0]: exports[s.name] for s in stages if s.role == "finetune"}
+        card = read_card(base)
+        tasks = [TaskSpec(**t) for t in card.pop("tasks")]
+        state = dict(export_weights(base))
+        for task, folder in tuned.items():
+            for key, value in export_weights(folder).items():
+                if key.startswith("sharing.encoder."):
+                    state["sharing.task_encoders." + task + "." + key[len("sharing.encoder."):]] = value
+                elif key.startswith(f"heads.{task}."):
+                    state[key] = value
+        params = {"task_encoders": sorted(tuned)}
+        model = build_model_skeleton(Path(base) / ENCODER_DIR, tasks, "multi_encoder", card.get("dropout", 0.1), params)
+        if missing := set(model.state_dict()) - set(state):
+            raise ValueError(f"stage exports do not cover the assembled model: missing {sorted(missing)[:5]}")
+        card.update({"sharing": "multi_encoder", "sharing_params": params,
+                     "head_stage": {t.name: f"finetune-{t.name}" if t.name in tuned else "multitask" for t in tasks},
+                     "schedule": {"name": "mtdnn", "stages": [stage_card(s, exports[s.name]) for s in stages]}})
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(base) / "tokenizer"))
+        write_export(out_dir, {k: v.to(torch.float32) for k, v in state.items()}, model, tokenizer, card)
+        log(f"assembled the mtdnn model at {out_dir}: fine-tuned {sorted(tuned)}")
         return str(out_dir)
-    card = read_card(stage1)
-    tasks = [TaskSpec(**t) for t in card["tasks"]]
-    state = dict(export_weights(stage1))
-    for task, folder in stage2.items():
-        for key, value in export_weights(folder).items():
-            if key.startswith("sharing.encoder."):
-                state["sharing.task_encoders." + task + "." + key[len("sharing.encoder."):]] = value
-            elif key.startswith(f"heads.{task}."):
-                state[key] = value
-    sharing_params = {"finetuned": sorted(stage2)}
-    model = build_model_skeleton(Path(stage1) / ENCODER_DIR, tasks, "transfer", card.get("dropout", 0.1),
-                                 sharing_params)
-    missing = set(model.state_dict()) - set(state)
-    if missing:
-        raise ValueError(f"stage exports do not cover the transfer model: missing {sorted(missing)[:5]}")
-    card.update({"sharing": "transfer", "sharing_params": sharing_params,
-                 "head_stage": {t.name: "finetune" if t.name in stage2 else "multitask" for t in tasks},
-                 "stages": {"multitask": str(stage1), "finetune": dict(stage2)}})
-    card.pop("tasks", None)
-    tokenizer = AutoTokenizer.from_pretrained(str(Path(stage1) / "tokenizer"))
-    write_export(out_dir, {k: v.to(torch.float32) for k, v in state.items()}, model, tokenizer, card)
-    return str(out_dir)
+
+
+def stage_card(stage: Stage, export: str) -> dict[str, Any]:
+    """A stage's provenance on the model card."""
+    return {"name": stage.name, "role": stage.role, "tasks": stage.tasks, "steps": stage.training.steps,
+            "sharing": stage.training.sharing, "weighting": stage.training.weighting,
+            "init_from": stage.init_from, "export": export}
+
+
+SCHEDULES: dict[str, Any] = {"single": SingleSchedule, "mtdnn": MtdnnSchedule}

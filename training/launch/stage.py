@@ -1,4 +1,6 @@
-"""The train and evaluate steps, as the flow's tasks call them."""
+"""Launch one training stage: write the worker spec, start the launcher in its own process group,
+stream its output, and return the stage's export. A stage whose export exists is not run again;
+one that stopped resumes from its newest complete checkpoint (the worker's job)."""
 from __future__ import annotations
 
 import os
@@ -7,18 +9,14 @@ from pathlib import Path
 
 import torch
 
-from data_prep.stage import atomic_write_text, read_examples
-from training.trainer.checkpoints import is_remote
-from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, deepspeed_problems,
-                             training_problems)
-from training.evaluation.evaluate import evaluate_task
-from training.model.export import CARD
+from data_prep.stage import atomic_write_text
+from training.config import DeepSpeedConfig, EncoderConfig
 from training.launch.launcher import free_port, launch_command, remove_shm_buffers, run_launcher, write_hostfile
-from training.evaluation.predict import Predictor
-from training.lookup import lookup
-from training.model.sharing import SHARING
+from training.launch.layout import RunLayout
+from training.launch.schedule import Stage
+from training.launch.spec import WorkerSpec
+from training.model.export import CARD
 from training.task_spec import TaskSpec
-from training.trainer.worker import WorkerSpec
 
 
 def launcher_env() -> dict[str, str]:
@@ -27,49 +25,35 @@ def launcher_env() -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
-    # the workers run `-m training.trainer.worker` from the launcher's working directory: make sure they
-    # import this very package (not another installed copy) whatever that directory is
+    # the workers run `-m training.trainer.worker` from the launcher's working directory: make sure
+    # they import this very package (not another installed copy) whatever that directory is
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
 
 
-def checkpoint_location(training: TrainingConfig, run: Path) -> tuple[str, str | None]:
-    """(store URI, node-local staging folder or None) of this run's checkpoints."""
-    if training.checkpoint_uri is None:
-        return str(run / "checkpoints"), None
-    uri = training.checkpoint_uri.rstrip("/") + "/" + run.name
-    return (uri, str(run / "checkpoint-staging")) if is_remote(uri) else (uri, None)
-
-
-def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig,
-                tasks: list[TaskSpec], features: dict[str, str], run_dir: str | Path,
-                log: Callable[[str], None], init_from: str | None = None) -> str:
-    """Launch distributed training (this node's part of it); resume from the newest complete
-    checkpoint of this run if there is one. Returns the exported model folder (written by node 0).
-    A staged strategy (e.g. `transfer`) runs its own stages, each through this function;
-    `init_from` starts the model from an export's weights."""
-    if problems := deepspeed_problems(deepspeed) + training_problems(training):
-        raise ValueError("; ".join(problems))
-    stages = getattr(lookup(SHARING, training.sharing, "sharing strategy"), "train_stages", None)
-    if stages is not None:
-        return stages()(encoder, training, deepspeed, tasks, features, run_dir, log)
-    run = Path(run_dir)
-    export_dir = run / "model"
+def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list[TaskSpec],
+                 features: dict[str, str], layout: RunLayout, stage: Stage, log: Callable[[str], None],
+                 init_from: str | None = None) -> str:
+    """Run `stage` (this node's part of it); returns its export folder (written by node 0)."""
+    training = stage.training
+    export_dir = layout.stage_export(stage.name)
     if (export_dir / CARD).is_file():
-        log(f"model already exported at {export_dir}; nothing to train")
+        log(f"stage {stage.name or 'train'}: model already exported at {export_dir}; nothing to train")
         return str(export_dir)
     if deepspeed.config_file:  # the workers may start elsewhere: pin the file the config named
         deepspeed = deepspeed.model_copy(update={"config_file": str(Path(deepspeed.config_file).resolve())})
-    checkpoints, staging = checkpoint_location(training, run)
-    spec = WorkerSpec(encoder=encoder, training=training, deepspeed=deepspeed, tasks=tasks, features=features,
-                      checkpoint_dir=checkpoints, checkpoint_staging_dir=staging, export_dir=str(export_dir),
-                      metrics_file=str(run / "train_metrics.jsonl"), init_from=init_from)
-    spec_path = run / "train_spec.json"
+    checkpoints, staging = layout.checkpoints(stage.name, training.checkpoint_uri)
+    spec = WorkerSpec(encoder=encoder, training=training, deepspeed=deepspeed,
+                      tasks=[t for t in tasks if t.name in stage.tasks],
+                      features={t: features[t] for t in stage.tasks}, checkpoint_dir=checkpoints,
+                      checkpoint_staging_dir=staging, export_dir=str(export_dir),
+                      metrics_file=str(layout.metrics_file(stage.name)), init_from=init_from, stage=stage.name)
+    spec_path = layout.spec_file(stage.name)
     atomic_write_text(spec_path, spec.model_dump_json(indent=2))
     hostfile = training.hostfile
     if training.nodes > 1 and hostfile is None:
-        hostfile = write_hostfile(run / "hostfile", training.nodes, training.processes)
+        hostfile = write_hostfile(layout.hostfile(stage.name), training.nodes, training.processes)
     port = training.master_port or free_port()
     cmd = launch_command(training, str(spec_path), port, hostfile)
     log("launching: " + " ".join(cmd))
@@ -83,9 +67,3 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
     if not (export_dir / CARD).is_file():
         raise RuntimeError(f"training finished but wrote no model to {export_dir}")
     return str(export_dir)
-
-
-def evaluate_model(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
-                   batch_size: int) -> dict[str, dict[str, float]]:
-    predictor = Predictor(export_dir, batch_size=batch_size)
-    return {t.name: evaluate_task(predictor, t, read_examples(dev_files[t.name])) for t in tasks}

@@ -44,12 +44,20 @@ def read_card(export_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(export_dir) / CARD).read_text())
 
 
+def card_sharing(card: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The strategy that rebuilds an export's module tree. Exports written while staged training was
+    a strategy named `transfer` (params `finetuned`) have the `multi_encoder` shape, key for key."""
+    if card["sharing"] == "transfer":
+        return "multi_encoder", {"task_encoders": list(card.get("sharing_params", {}).get("finetuned", []))}
+    return card["sharing"], dict(card.get("sharing_params", {}))
+
+
 def load_export(export_dir: str | Path) -> tuple[MultiTaskModel, Any, dict[str, Any]]:
     root = Path(export_dir)
     card = read_card(root)
     tasks = [TaskSpec(**t) for t in card["tasks"]]
-    model = build_model_skeleton(root / ENCODER_DIR, tasks, card["sharing"], card.get("dropout", 0.1),
-                                 card.get("sharing_params", {}))
+    sharing, params = card_sharing(card)
+    model = build_model_skeleton(root / ENCODER_DIR, tasks, sharing, card.get("dropout", 0.1), params)
     missing, unexpected = model.load_state_dict(load_file(str(root / WEIGHTS)), strict=False)
     if missing or unexpected:
         raise ValueError(f"{root / WEIGHTS} does not match the model card: missing {missing[:5]}, "

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 from mlflow.entities.model_registry import ModelVersion
 
 from training.config import PromotionConfig, RegistryConfig
+from training.launch.layout import RunLayout
 from training.model.export import CARD
 
 RUN_KEY = "mtl.run_key"
@@ -70,12 +73,43 @@ def existing_version(client: MlflowClient, model_name: str, run_id: str) -> Mode
     return versions[0] if versions else None
 
 
+def run_files(run_dir: str | Path, export_dir: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """What a run folder gives the MLflow run: (artifacts by artifact folder, training logs by
+    stage). Every stage's training log is found through the run layout, staged schedules included."""
+    layout = RunLayout(Path(run_dir))
+    logs = {stage: str(path) for stage, path in layout.metrics_files().items()}
+    files = {"config": layout.config_file, CARD_ARTIFACT: Path(export_dir) / CARD}
+    artifacts = {name: str(path) for name, path in files.items() if path.exists()}
+    artifacts.update({"training/" + stage if stage else "training": path for stage, path in logs.items()})
+    return artifacts, logs
+
+
+def training_curves(logs: dict[str, str]) -> list[Metric]:
+    """Step metrics from the workers' training logs: the loss of the task(s) trained at each logged
+    step, the learning rate and the task weights; a staged run's stages apart (`train.<stage>.`)."""
+    out: list[Metric] = []
+    for stage, path in logs.items():
+        prefix = f"train.{stage}" if stage else "train"
+        for line in Path(path).read_text().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            step, stamp = int(row["step"]), int(1000 * row.get("time", time.time()))
+            values = {f"{prefix}.lr": row.get("lr")}
+            losses = row.get("task_losses") or ({row["task"]: row["loss"]} if row.get("task") != "all" else {})
+            values.update({f"{prefix}.loss.{task}": loss for task, loss in losses.items()})
+            values.update({f"{prefix}.weight.{task}": w for task, w in (row.get("task_weights") or {}).items()})
+            out += [Metric(key, float(v), stamp, step) for key, v in values.items() if v is not None]
+    return out
+
+
 def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run_key: str, export_dir: str,
                    params: dict[str, Any], metrics: dict[str, dict[str, float]],
                    artifacts: dict[str, str], challenger_alias: str,
-                   extra_metrics: dict[str, float] | None = None) -> Registered:
-    """Log params, metrics (dev metrics per task, plus e.g. data statistics) and the pyfunc model
-    in one MLflow run; register one version."""
+                   extra_metrics: dict[str, float] | None = None,
+                   training_logs: dict[str, str] | None = None) -> Registered:
+    """Log params, metrics (dev metrics per task, plus e.g. data statistics), the training curves
+    and the pyfunc model in one MLflow run; register one version."""
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, cfg.experiment, artifact_root)
@@ -88,6 +122,9 @@ def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run
         mlflow.log_metrics({metric_key(t, m): v for t, ms in metrics.items() for m, v in ms.items()})
         if extra_metrics:
             mlflow.log_metrics(extra_metrics)
+        curves = training_curves(training_logs or {})
+        for start in range(0, len(curves), 1000):  # MLflow's limit per batch
+            client.log_batch(run.info.run_id, metrics=curves[start:start + 1000])
         for name, path in artifacts.items():
             mlflow.log_artifact(path, artifact_path=name)
         info = mlflow.pyfunc.log_model(

@@ -18,23 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
-
-from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-from training.task_spec import TaskSpec
-
-
-class WorkerSpec(BaseModel):
-    encoder: EncoderConfig
-    training: TrainingConfig
-    deepspeed: DeepSpeedConfig
-    tasks: list[TaskSpec]
-    features: dict[str, str]
-    checkpoint_dir: str = Field(description="local folder or fsspec URL (s3://...) of this run's checkpoints")
-    checkpoint_staging_dir: str | None = Field(None, description="node-local folder for a remote checkpoint_dir")
-    export_dir: str
-    metrics_file: str
-    init_from: str | None = None  # issue 5: an export whose weights the model starts from (stage 2)
+from training.config import TrainingConfig
+from training.launch.spec import WorkerSpec
 
 
 def set_threads(train: TrainingConfig, local_world: int) -> None:
@@ -186,7 +171,7 @@ def train(spec: WorkerSpec) -> None:
             step += 1
             if step % cfg.log_every == 0 or step == cfg.steps:
                 row = {"step": step, "task": task, "loss": loss, "lr": engine.lr(),
-                       "elapsed_s": round(time.time() - started, 2), **window.close(world),
+                       "time": round(time.time(), 3), "elapsed_s": round(time.time() - started, 2), **window.close(world),
                        "task_weights": weighting.weights(), "task_losses": task_losses,  # issue 5
                        **model.sharing.metrics()}
                 if cfg.log_memory:
@@ -215,7 +200,8 @@ def export(spec: WorkerSpec, engine: Any, store: Any, tag: str, model: torch.nn.
     cfg = spec.training
     card = {"sharing": cfg.sharing, "sharing_params": cfg.sharing_params, "dropout": spec.encoder.dropout,
             "max_length": spec.encoder.max_length,
-            "steps": cfg.steps, "head_stage": {t.name: "multitask" for t in spec.tasks}}
+            "steps": cfg.steps, "stage": spec.stage,
+            "head_stage": {t.name: spec.stage or "multitask" for t in spec.tasks}}
     write_export(spec.export_dir, state, model, tokenizer, card)
     print(f"exported model to {spec.export_dir}", flush=True)
 

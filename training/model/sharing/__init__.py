@@ -8,9 +8,9 @@ Contract of a strategy (a plain `nn.Module`, no DeepSpeed), built as `cls(encode
 - `probe_parameters()`: a few shared parameters where gradient-based weightings compare tasks.
 - `metrics() -> {name: value}`: what the worker logs per step (layer weights, discriminator accuracy).
 - `Params` (pydantic) and `config_problems(params, tasks, zero_stage, precision)` for validation.
-- optional `train_stages()`: a staged trainer that `training.launch.stage.train_model` hands over to.
 
-One registry: `SHARING`. One file per strategy.
+One registry: `SHARING`. One file per strategy. A strategy builds modules and nothing else: staged
+training (multi-task, then per-task fine-tuning) is a schedule of runs, `training.launch.schedule`.
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from training.model.sharing.adversarial import AdversarialSharing
 from training.model.sharing.attention import AttentionSharing
 from training.model.sharing.hard import HardSharing
 from training.model.sharing.soft import SoftSharing
-from training.model.sharing.transfer import TransferSharing
+from training.model.sharing.multi_encoder import MultiEncoderSharing
 
 SHARING: dict[str, type[nn.Module]] = {
     "hard": HardSharing,
     "soft": SoftSharing,
     "attention": AttentionSharing,
     "adversarial": AdversarialSharing,
-    "transfer": TransferSharing,
+    "multi_encoder": MultiEncoderSharing,
 }

@@ -1,13 +1,15 @@
-"""`transfer`: the MT-DNN recipe (Liu, He, Chen & Gao, "Multi-Task Deep Neural Networks for
-Natural Language Understanding", ACL 2019): multi-task training of a hard-shared encoder from the
-pretrained one (stage 1), then per-task fine-tuning starting from the stage-1 checkpoint
-(stage 2). The stages run in `training.launch.schedule.train_transfer`; this module is the assembled
-model: one fine-tuned encoder copy per fine-tuned task, the stage-1 encoder for the others.
+"""`multi_encoder`: the shared encoder for most tasks, and a whole encoder of its own for each task
+named in `task_encoders`.
+
+This is the shape of a model assembled by the `mtdnn` schedule (Liu, He, Chen & Gao, "Multi-Task
+Deep Neural Networks for Natural Language Understanding", ACL 2019): each task fine-tuned in the
+schedule's second stage keeps its fine-tuned encoder copy; the others use the multi-task encoder.
+As a training strategy it gives the named tasks private encoders from the first step (no sharing
+for them), which is the single-task baseline inside one model.
 """
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -18,22 +20,20 @@ from training.model.sharing.common import SharedEncoderModule, encode, param_pro
 from training.task_spec import TaskSpec
 
 
-class TransferParams(BaseModel):
+class MultiEncoderParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    finetune_tasks: list[str] | None = Field(None, description="tasks to fine-tune in stage 2 (default: all)")
-    finetune_steps: int | None = Field(None, gt=0, description="stage-2 steps per task (default: steps / tasks)")
-    finetuned: list[str] = Field([], description="written by the assembly: tasks with their own encoder")
+    task_encoders: list[str] = Field([], description="tasks with an encoder of their own")
 
 
-class TransferSharing(SharedEncoderModule):
-    Params: ClassVar[type[BaseModel]] = TransferParams
+class MultiEncoderSharing(SharedEncoderModule):
+    Params: ClassVar[type[BaseModel]] = MultiEncoderParams
 
     def __init__(self, encoder: nn.Module, tasks: list[TaskSpec], **params: Any) -> None:
         super().__init__()
-        self.params = TransferParams(**params)
+        self.params = MultiEncoderParams(**params)
         self.encoder = encoder
-        self.task_encoders = nn.ModuleDict({t: copy.deepcopy(encoder) for t in self.params.finetuned})
+        self.task_encoders = nn.ModuleDict({t: copy.deepcopy(encoder) for t in self.params.task_encoders})
 
     def _encoder(self, task: str) -> nn.Module:
         return self.task_encoders[task] if task in self.task_encoders else self.encoder
@@ -44,7 +44,7 @@ class TransferSharing(SharedEncoderModule):
 
     def shared_pass(self, tasks: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """One pass for all stage-1 tasks, one more per fine-tuned task."""
+        """One pass for all tasks on the shared encoder, one more per task with its own."""
         shared = [t for t in tasks if t not in self.task_encoders]
         out = {}
         if shared:
@@ -58,16 +58,9 @@ class TransferSharing(SharedEncoderModule):
     @classmethod
     def config_problems(cls, params: dict[str, Any], tasks: list[str], zero_stage: int,
                         precision: str) -> list[str]:
-        problems = param_problems(TransferParams, params, "training.sharing_params")
-        unknown = set((params.get("finetune_tasks") or [])) - set(tasks)
+        problems = param_problems(MultiEncoderParams, params, "training.sharing_params")
+        unknown = set(params.get("task_encoders") or []) - set(tasks)
         if unknown:
-            problems.append(f"training.sharing_params.finetune_tasks: unknown task(s) {sorted(unknown)}; "
+            problems.append(f"training.sharing_params.task_encoders: unknown task(s) {sorted(unknown)}; "
                             f"tasks are {tasks}")
         return problems
-
-    @staticmethod
-    def train_stages() -> Callable[..., str]:
-        """The staged trainer `training.launch.stage.train_model` hands this strategy to."""
-        from training.launch.schedule import train_transfer
-
-        return train_transfer

@@ -1,0 +1,22 @@
+"""What a launched worker is handed: the training sub-configs and artifact paths of one stage,
+never the pipeline's root config."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
+from training.task_spec import TaskSpec
+
+
+class WorkerSpec(BaseModel):
+    encoder: EncoderConfig
+    training: TrainingConfig
+    deepspeed: DeepSpeedConfig
+    tasks: list[TaskSpec]
+    features: dict[str, str]
+    checkpoint_dir: str = Field(description="local folder or fsspec URL (s3://...) of this stage's checkpoints")
+    checkpoint_staging_dir: str | None = Field(None, description="node-local folder for a remote checkpoint_dir")
+    export_dir: str
+    metrics_file: str
+    init_from: str | None = Field(None, description="an export whose weights the model starts from (warm start)")
+    stage: str = Field("", description="the schedule stage this run is, for the model card")
