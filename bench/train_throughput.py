@@ -89,13 +89,16 @@ def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stag
                run: list[tuple[str, dict[str, torch.Tensor]]], block: int) -> dict[str, float]:
     """Real tokens per second of each arm over alternating blocks of `block` steps."""
     from training.trainer.engine import Engine
+    from training.trainer.step import train_step
+    from training.trainer.weighting import WEIGHTINGS
 
     def pipeline(clipping: float) -> Any:
         torch.manual_seed(train.seed)
         engine = Engine(build_model(cfg.encoder.name_or_path, specs, train.sharing, cfg.encoder.dropout),
                         DeepSpeedConfig(zero_stage=zero_stage, gradient_clipping=clipping), train)
         engine.train()
-        return lambda task, batch: engine.train_micro_step(task, batch, 1.0)
+        weighting = WEIGHTINGS[train.weighting]([t.name for t in specs])
+        return lambda task, batch: train_step(engine, weighting, {task: batch})
 
     def plain_loop(fused: bool) -> Any:
         torch.manual_seed(train.seed)
@@ -105,7 +108,7 @@ def throughput(cfg: Any, specs: list[TaskSpec], train: TrainingConfig, zero_stag
         optimizer = adamw(groups, train.learning_rate) if fused else torch.optim.AdamW(groups, lr=train.learning_rate)
 
         def plain_step(task: str, batch: dict[str, torch.Tensor]) -> None:
-            loss, _ = model(task, **batch)
+            loss = model(task, **batch).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -86,4 +86,5 @@ def test_two_staged_runs_on_one_checkpoint_uri_never_share_checkpoints(s3, tiny_
             store = CheckpointStore(f"{s3}/{run}/{stage}", str(tmp_path / "check" / run / stage))
             assert store.complete_tags() == [last], (run, stage)
     fs = CheckpointStore(s3, str(tmp_path / "check" / "root"))._fs()
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(s3)) == ["demo-flowrun1", "demo-flowrun2"]
+    top = {p.rsplit("/", 1)[-1] for p in fs.ls(s3)}  # other tests' runs may share the bucket
+    assert {"demo-flowrun1", "demo-flowrun2"} <= top and not top & {"multitask", "finetune-sst2"}

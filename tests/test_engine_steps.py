@@ -7,15 +7,19 @@ import pytest
 import torch
 from torch import nn
 
-from training import engine as engine_module
+from training.trainer import engine as engine_module
 from training.config import DeepSpeedConfig, TrainingConfig
-from training.trainer.engine import Engine, adamw, clip_gradients, deepspeed_config, param_groups
+from training.trainer.deepspeed_fixes import clip_gradients
+from training.trainer.engine import Engine, adamw, deepspeed_config, param_groups
+from training.trainer.step import train_step
+from training.trainer.weighting import WEIGHTINGS
 from training.launch.launcher import single_process_world
 from training.model.multitask import build_model
 from training.task_spec import TaskSpec
 
 SPECS = [TaskSpec(name="pos", type="token_classification", labels=[f"t{i}" for i in range(5)]),
          TaskSpec(name="cls", type="sequence_classification", labels=["a", "b", "c"])]
+EQUAL = WEIGHTINGS["equal"]([s.name for s in SPECS])
 TRAIN = TrainingConfig(steps=6, micro_batch_size=4, warmup_steps=1, learning_rate=5e-3, processes=1,
                        checkpoint_every=10**6)
 
@@ -51,7 +55,7 @@ def test_clipping_folded_into_the_fused_adamw_step_equals_clipping_then_stepping
             (model(x).pow(2).sum() * scale).backward()
         norm = torch.nn.utils.clip_grad_norm_(list(reference.parameters()), 0.5)
         opt_ref.step()
-        assert clip_gradients(list(folded.parameters()), 0.5, opt_fold) == pytest.approx(float(norm), rel=1e-6)
+        assert float(clip_gradients(list(folded.parameters()), 0.5, opt_fold)) == pytest.approx(float(norm), rel=1e-6)
         opt_fold.step()
         opt_fold.grad_scale = None
         for opt in (opt_ref, opt_fold):
@@ -63,14 +67,19 @@ def test_clipping_folded_into_the_fused_adamw_step_equals_clipping_then_stepping
 def test_clipping_in_place_scales_only_above_the_limit():
     params = [nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(2))]
     params[0].grad, params[1].grad = torch.full((3,), 2.0), torch.full((4,), 2.0)  # the third has none
-    norm = clip_gradients(params, 1.0)
+    norm = float(clip_gradients(params, 1.0))
     assert norm == pytest.approx(28 ** 0.5, rel=1e-6)  # 7 gradients of 2
     total = torch.cat([params[0].grad, params[1].grad]).norm()
     assert float(total) == pytest.approx(1.0, rel=1e-5)
     params[0].grad, params[1].grad = torch.full((3,), 0.1), torch.full((4,), 0.1)
     clip_gradients(params, 1.0)
     assert torch.equal(params[0].grad, torch.full((3,), 0.1))  # below the limit: untouched
-    assert clip_gradients([nn.Parameter(torch.zeros(2))], 1.0) == 0.0
+    assert float(clip_gradients([nn.Parameter(torch.zeros(2))], 1.0)) == 0.0
+
+
+def micro_step(engine: Engine):
+    """The training step as the worker takes it, on one sampled task's micro-batch."""
+    return lambda task, batch: float(train_step(engine, EQUAL, {task: batch})[task])
 
 
 def losses_of(step) -> list[float]:
@@ -87,7 +96,7 @@ def test_zero0_engine_step_matches_deepspeeds_own_clipping(world_of_one, tiny_en
     ours = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), ds, TRAIN)
     assert ours.clip == clip and ours.fused_optimizer is not None
     ours.train()
-    got = losses_of(lambda t, b: ours.train_micro_step(t, b, 1.0))
+    got = losses_of(lambda t, b: micro_step(ours)(t, b))
 
     # DeepSpeed clipping in its engine, with torch's default (unfused) AdamW
     torch.manual_seed(0)
@@ -101,7 +110,7 @@ def test_zero0_engine_step_matches_deepspeeds_own_clipping(world_of_one, tiny_en
     theirs.train()
 
     def their_step(task: str, batch: dict[str, torch.Tensor]) -> float:
-        loss, _ = theirs(task, **batch)
+        loss = theirs(task, **batch).loss
         theirs.backward(loss)
         theirs.step()
         return float(loss.detach())
@@ -117,7 +126,7 @@ def zero3_losses(tiny_encoder, precision: str = "fp32") -> tuple[Engine, list[fl
     engine = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1),
                     DeepSpeedConfig(zero_stage=3, precision=precision), TRAIN)
     engine.train()
-    return engine, losses_of(lambda t, b: engine.train_micro_step(t, b, 1.0))
+    return engine, losses_of(lambda t, b: micro_step(engine)(t, b))
 
 
 def test_zero3_fp32_master_weights_are_the_parameter_partition(world_of_one, tiny_encoder, monkeypatch):
@@ -157,7 +166,7 @@ def test_resuming_a_checkpoint_of_an_unfused_adamw_keeps_clipping(world_of_one, 
         first = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(zero_stage=0), TRAIN)
     assert first.fused_optimizer is None and first.clip == 1.0
     for task, batch in steps[:2]:
-        first.train_micro_step(task, batch, 1.0)
+        micro_step(first)(task, batch)
     first.save(store, 2, {"step": 2}, {}, keep=2)
 
     resumed = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(zero_stage=0), TRAIN)
@@ -165,4 +174,4 @@ def test_resuming_a_checkpoint_of_an_unfused_adamw_keeps_clipping(world_of_one, 
     assert resumed.load_latest(store)[0]["step"] == 2
     assert resumed.fused_optimizer is None and resumed.describe()["clipping_in"] == "engine"
     for task, batch in steps[2:]:
-        assert torch.isfinite(torch.tensor(resumed.train_micro_step(task, batch, 1.0)))
+        assert torch.isfinite(torch.tensor(micro_step(resumed)(task, batch)))

@@ -102,13 +102,13 @@ def test_the_regression_loss_fits_a_learnable_target(tiny_encoder):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(60):
-        loss, _ = model("score", **batch)
+        loss = model("score", **batch).loss
         first = first if first is not None else loss.item()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.eval()
-    _, logits = model("score", batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    logits = model("score", batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
     assert loss.item() < 0.05 * first
     assert logits.shape == (len(texts), 1)
     assert [round(v) for v in logits[:, 0].tolist()] == [3 if "good" in t else -1 for t in texts]

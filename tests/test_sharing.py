@@ -34,7 +34,8 @@ def model_for(tiny_encoder, name: str) -> MultiTaskModel:
 def test_strategy_trains_and_exports(tiny_encoder, tmp_path, name):
     model = model_for(tiny_encoder, name)
     model.train()
-    loss, logits = model("pos", **batch(), labels=torch.zeros(3, 7, dtype=torch.long))
+    loss, logits, raw, handle = model("pos", **batch(), labels=torch.zeros(3, 7, dtype=torch.long))
+    assert raw.requires_grad is False and handle.loss is not loss and torch.equal(handle.loss, loss)
     assert logits.shape == (3, 7, 3) and loss.ndim == 0
     loss.backward()
     assert all(p.grad is not None for p in model.sharing.probe_parameters())

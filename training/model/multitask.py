@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -26,6 +26,15 @@ def resolve_encoder_path(name_or_path: str) -> str:
         module, _, attr = name_or_path[len("python:"):].rpartition(".")
         return str(getattr(importlib.import_module(module), attr))
     return name_or_path
+
+
+class TaskOutput(NamedTuple):
+    """What a forward returns, with or without labels (the loss fields are None without)."""
+
+    loss: torch.Tensor | None  # task loss (after a learned loss weighting) plus the strategy's auxiliary loss
+    logits: torch.Tensor  # detached when there are labels: training differentiates the loss, never these
+    raw_loss: torch.Tensor | None  # the unweighted task loss, detached: what weightings and logs compare
+    handle: "LossHandle | None"  # the loss before any wrapper hooked it, for extra gradients
 
 
 class LossHandle:
@@ -60,23 +69,18 @@ class MultiTaskModel(nn.Module):
         return self.sharing.encoder.config
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                return_raw: bool = False) -> tuple[torch.Tensor | None, ...]:
-        """(loss, logits): the loss is the task loss, weighted by a learned loss weighting if
-        there is one, plus the strategy's auxiliary loss. `return_raw` appends the detached
-        unweighted task loss, which weightings and logs compare across tasks, and a
-        `LossHandle` on the loss for extra gradients."""
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
         features, aux = self.sharing(task, input_ids, attention_mask, token_type_ids)
         logits = self.heads[task](features, attention_mask)
         if labels is None:
-            return None, logits
+            return TaskOutput(None, logits, None, None)
         raw = task_loss(self.tasks[task].type, logits, labels)
         loss = self.loss_weighting(task, raw) if self.loss_weighting is not None else raw
         loss = loss + aux if aux is not None else loss
-        if return_raw:
-            # logits detached: the loss is computed from them, so a hook on them would fire too
-            return loss.view(()), logits.detach(), raw.detach(), LossHandle(loss)
-        return loss, logits
+        # The returned loss is a view, so the handle's tensor is not the one a wrapper hooks
+        # (DeepSpeed hangs its backward epilogue on the tensors a forward returns). Logits detached:
+        # the loss is computed from them, so a hook on them would fire too.
+        return TaskOutput(loss.view(()), logits.detach(), raw.detach(), LossHandle(loss))
 
     @torch.no_grad()
     def predict_logits(self, tasks: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -1,4 +1,6 @@
-"""The DeepSpeed engine: ZeRO, precision, offload and checkpoint I/O live here and nowhere else."""
+"""The DeepSpeed engine: ZeRO, precision, offload and checkpoint I/O live here and nowhere else.
+What the training step does with it (which losses, which coefficients) is `training.trainer.step`;
+where this code works around DeepSpeed itself is `training.trainer.deepspeed_fixes`."""
 from __future__ import annotations
 
 import os
@@ -10,7 +12,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from training.model.multitask import LossHandle, TaskOutput
 from training.trainer.checkpoints import CheckpointStore, tag_for
+from training.trainer.deepspeed_fixes import clip_gradients, share_zero3_master_weights, skip_world_of_one_allreduce
 from training.config import DeepSpeedConfig, TrainingConfig, deepspeed_problems
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -79,57 +83,6 @@ def fused(optimizer: torch.optim.Optimizer) -> bool:
     return all(group.get("fused") for group in optimizer.param_groups)
 
 
-def clip_gradients(parameters: list[nn.Parameter], max_norm: float,
-                   fused_optimizer: torch.optim.Optimizer | None = None) -> float:
-    """Clip gradients to a global L2 norm of at most `max_norm` with DeepSpeed's rule (coefficient
-    max_norm / (norm + 1e-6), at most 1) and return the norm before clipping.
-
-    With a fused torch optimizer the scaling is not a pass of its own: the coefficient goes to the
-    optimizer's `grad_scale` (the hook torch's GradScaler uses), which divides each gradient by it
-    inside the fused kernel that reads the gradients anyway; it holds for the next `step()` only
-    (see `Engine._step`). Otherwise gradients are scaled in place, on CPU only when the coefficient
-    is below 1 (reading the norm costs no device sync there)."""
-    with_grads = [p for p in parameters if p.grad is not None]
-    if not with_grads:
-        return 0.0
-    norm = torch.nn.utils.get_total_norm([p.grad for p in with_grads])
-    if fused_optimizer is not None:
-        coef = torch.clamp(max_norm / (norm.float() + 1e-6), max=1.0)
-        fused_optimizer.grad_scale = (1.0 / coef).to(torch.float32)
-    elif norm.device.type != "cpu" or float(norm) > max_norm:
-        torch.nn.utils.clip_grads_with_norm_(with_grads, max_norm, norm)
-    return float(norm)
-
-
-def share_zero3_master_weights(optimizer: Any) -> int:
-    """Let ZeRO-3's fp32 master partitions be the parameter partitions when those are fp32 already.
-
-    ZeRO-3 keeps, per process, a partition of the parameters and an fp32 "master" copy of it that
-    the optimizer updates. When the parameters are fp32 and nothing is offloaded, DeepSpeed means the
-    partition to serve as its own master copy (no second one), but its check compares the tensor's
-    `torch.device` with the accelerator's device name, a string, which is never equal: so it keeps
-    two identical copies, half the model's size per process at 2 processes. This points each master
-    tensor at its partition's memory (same values; the optimizer's state is keyed by the tensor
-    object, which stays; DeepSpeed's copy back after each step becomes a no-op, as it expects for
-    aliases) and frees the copy. Returns the bytes freed per process; 0 when there is nothing to do.
-    """
-    low = getattr(optimizer, "fp16_partitioned_groups_flat", None)
-    master = getattr(optimizer, "fp32_partitioned_groups_flat", None)
-    if low is None or master is None or getattr(optimizer, "offload_optimizer", True) \
-            or getattr(optimizer, "offload_param", True):
-        return 0
-    freed = 0
-    for partition, copy in zip(low, master):
-        if copy is partition or copy.untyped_storage().data_ptr() == partition.untyped_storage().data_ptr():
-            continue
-        if (copy.dtype, copy.device, copy.shape) != (partition.dtype, partition.device, partition.shape) \
-                or not torch.equal(copy, partition):
-            continue
-        freed += copy.untyped_storage().nbytes()
-        copy.data = partition.data
-    return freed
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -162,11 +115,7 @@ class Engine:
             model=model, model_parameters=groups, optimizer=optimizer, config=ds_config)
         self.clipped_params = [p for p in self.engine.module.parameters() if p.requires_grad]
         self.master_bytes_shared = share_zero3_master_weights(self.engine.optimizer) if self.zero_stage == 3 else 0
-        if self.zero_stage == 0 and self.engine.world_size == 1:
-            # averaging gradients over a world of one changes nothing but costs a flatten, an
-            # all-reduce and an unflatten of every gradient per step (~14 % of a MiniLM step on CPU);
-            # ZeRO 1-3 reduce inside their optimizers and keep this path
-            self.engine.enable_backward_allreduce = False
+        skip_world_of_one_allreduce(self.engine, self.zero_stage)
 
     def describe(self) -> dict[str, Any]:
         """What this engine runs, for the task log: stage, precision, offload, the optimizer that
@@ -192,64 +141,45 @@ class Engine:
     def lr(self) -> float:
         return float(self.engine.get_lr()[0])
 
-    def train_micro_step(self, task: str, batch: dict[str, torch.Tensor], weight: float) -> float:
-        """Forward, backward and a (possibly accumulating) step on one single-task micro-batch."""
-        batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-        loss, _ = self.engine(task, **batch)
-        self.engine.backward(loss * weight)
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> TaskOutput:
+        """The model's forward on one task's micro-batch, through DeepSpeed's wrapper."""
+        return self.engine(task, **{k: v.to(self.engine.device, non_blocking=True) for k, v in batch.items()})
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
         if self.track_memory:  # gradients and optimizer state both live: the peak of model state
             self.peak_tensor_bytes = max(self.peak_tensor_bytes, live_tensor_bytes())
-        self._step()
+
+    def step(self) -> None:
+        """The optimizer step (DeepSpeed's, which skips it between accumulation boundaries), after
+        this engine's own clipping where it clips; gradients are averaged over ranks by then."""
+        if self.clip and self.engine.is_gradient_accumulation_boundary():
+            clip_gradients(self.clipped_params, self.clip, self.fused_optimizer)
+            try:
+                self.engine.step()
+            finally:
+                if self.fused_optimizer is not None:
+                    self.fused_optimizer.grad_scale = None  # torch reads None as "no scale"
+        else:
+            self.engine.step()
         if self.track_memory:
             self.peak_tensor_bytes = max(self.peak_tensor_bytes, live_tensor_bytes())
-        return float(loss.detach())
 
     def train(self) -> None:
         self.engine.train()
 
-    # -- issue 5: one step over every task, combined by a loss weighting --
-    def train_multitask_step(self, batches: dict[str, dict[str, torch.Tensor]], weighting: Any) -> dict[str, float]:
-        """One micro-batch of each task in `weighting.tasks` order, then one backward of
-        sum_t c_t L_t. When the weighting needs gradients, each task's gradient at the model's
-        probe parameters (a few unpartitioned shared parameters) is taken with autograd.grad from
-        the model's un-hooked `LossHandle` (a gradient through the returned, hooked loss would make
-        DeepSpeed run a whole backward epilogue) and never fires ZeRO's gradient hooks; the
-        gradients are averaged over processes, so every process computes the same coefficients.
-        Returns each task's unweighted loss, averaged over processes."""
-        losses, raws, handles = [], [], []
-        for task in weighting.tasks:
-            batch = {k: v.to(self.engine.device) for k, v in batches[task].items()}
-            loss, _, raw, handle = self.engine(task, **batch, return_raw=True)
-            losses.append(loss)
-            raws.append(raw.float())
-            handles.append(handle.loss)
-        mean_raw = self._mean_over_ranks(torch.stack(raws))
-        grads = None
-        if weighting.needs_grads:
-            probe = self.engine.module.sharing.probe_parameters()
-            grads = self._mean_over_ranks(torch.stack([
-                torch.cat([g.reshape(-1).float() for g in torch.autograd.grad(
-                    loss, probe, retain_graph=True, allow_unused=True, materialize_grads=True)])
-                for loss in handles]))
-        coefficients = weighting.combine(mean_raw.cpu(), None if grads is None else grads.cpu())
-        self.engine.backward(sum(float(c) * loss for c, loss in zip(coefficients, losses)))
-        self._step()
-        return dict(zip(weighting.tasks, mean_raw.tolist()))
+    def probe_gradients(self, handles: list[LossHandle]) -> torch.Tensor:
+        """Each loss's gradient at the model's probe parameters (a few unpartitioned shared
+        parameters), `[losses, probe]`, averaged over processes. Taken with autograd.grad from the
+        un-hooked losses, so ZeRO's gradient hooks never fire (a gradient through a hooked loss
+        would make DeepSpeed run a whole backward epilogue)."""
+        probe = self.engine.module.sharing.probe_parameters()
+        return self.mean_over_ranks(torch.stack([
+            torch.cat([g.reshape(-1).float() for g in torch.autograd.grad(
+                handle.loss, probe, retain_graph=True, allow_unused=True, materialize_grads=True)])
+            for handle in handles]))
 
-    def _step(self) -> None:
-        """The optimizer step (DeepSpeed's, which skips it between accumulation boundaries), after
-        this engine's own clipping where it clips; gradients are averaged over ranks by then."""
-        if not (self.clip and self.engine.is_gradient_accumulation_boundary()):
-            self.engine.step()
-            return
-        clip_gradients(self.clipped_params, self.clip, self.fused_optimizer)
-        try:
-            self.engine.step()
-        finally:
-            if self.fused_optimizer is not None:
-                self.fused_optimizer.grad_scale = None  # torch reads None as "no scale"
-
-    def _mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+    def mean_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
         if dist.is_initialized() and dist.get_world_size() > 1:
             tensor = tensor.clone()
             dist.all_reduce(tensor)

@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,82 +26,6 @@ def set_threads(train: TrainingConfig, local_world: int) -> None:
     torch.set_num_threads(threads)
 
 
-def rank_state() -> dict[str, Any]:
-    """Every RNG a step may draw from (dropout above all), so a resumed step draws the same numbers."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rank_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class MetricsLog:
-    """Rank 0's per-step log (JSON lines). On resume, lines past the checkpoint are dropped."""
-
-    def __init__(self, path: str, rank: int) -> None:
-        self.path, self.rank = Path(path), rank
-
-    def truncate_after(self, step: int) -> None:
-        if self.rank != 0 or not self.path.exists():
-            return
-        kept = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= step]
-        self.path.write_text("".join(l + "\n" for l in kept))
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.rank == 0:
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-
-
-def gathered_ints(value: int) -> list[int]:
-    """One integer from every rank, in rank order (on every rank)."""
-    import torch.distributed as dist
-
-    out = [0] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
-
-
-class Window:
-    """Tokens and time since the last log line: throughput and padding efficiency."""
-
-    def __init__(self) -> None:
-        self.start, self.real, self.processed = time.time(), 0, 0
-
-    def add(self, batch: dict[str, torch.Tensor]) -> None:
-        self.real += int(batch["attention_mask"].sum())
-        self.processed += batch["attention_mask"].numel()
-
-    def close(self, world: int) -> dict[str, Any]:
-        """This rank's counts scaled by the world size (ranks share length-sorted batches)."""
-        row = {"window_s": round(time.time() - self.start, 4), "tokens": self.processed * world,
-               "real_tokens": self.real * world, "padding_efficiency": round(self.real / max(1, self.processed), 4)}
-        return row
-
-
-def resume(engine: Any, store: Any, data: Any, weighting: Any, log: MetricsLog) -> int:
-    """Restore everything a step depends on from the newest complete checkpoint; the step to go on from."""
-    resumed = engine.load_latest(store)
-    if resumed is None:
-        return 0
-    client, ranks = resumed
-    step = int(client["step"])
-    data.load_state_dict(client["batches"])
-    weighting.load_state_dict(client["weighting"])
-    restore_rank_state(ranks)
-    log.truncate_after(step)
-    if engine.rank == 0:
-        print(f"resumed from checkpoint at step {step}", flush=True)
-    return step
-
-
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -110,17 +33,21 @@ def seed_everything(seed: int) -> None:
 
 
 def train(spec: WorkerSpec) -> None:
+    """Set up this process's part of the run, run the loop, export on rank 0."""
     import deepspeed
     import torch.distributed as dist
     from transformers import AutoTokenizer
 
-    from training.trainer.batches import TaskBatches, load_features
-    from training.trainer.checkpoints import CheckpointStore, tag_for
-    from training.trainer.engine import Engine, local_world
-    from training.model.export import export_weights
     from training.launch.launcher import release_own_shm_buffer
-    from training.model.multitask import build_model, load_matching, resolve_encoder_path
     from training.lookup import lookup
+    from training.model.export import export_weights
+    from training.model.multitask import build_model, load_matching, resolve_encoder_path
+    from training.trainer.batches import TaskBatches, load_features
+    from training.trainer.checkpointer import Checkpointer, RandomState
+    from training.trainer.checkpoints import CheckpointStore, tag_for
+    from training.trainer.deepspeed_fixes import check_version
+    from training.trainer.engine import Engine, local_world
+    from training.trainer.loop import MetricsLog, train_loop
     from training.trainer.sampling import SAMPLERS
     from training.trainer.weighting import WEIGHTINGS
 
@@ -146,43 +73,15 @@ def train(spec: WorkerSpec) -> None:
         load_matching(model, export_weights(spec.init_from))
     engine = Engine(model, spec.deepspeed, cfg)
     if rank == 0:
+        if warning := check_version():
+            print(warning, flush=True)
         print("engine " + json.dumps(engine.describe()), flush=True)
-    log = MetricsLog(spec.metrics_file, rank)
     store = CheckpointStore(spec.checkpoint_dir, spec.checkpoint_staging_dir)
-    task_losses: dict[str, float] = {}
+    checkpointer = Checkpointer(engine, store, cfg.keep_checkpoints,
+                                states={"batches": data, "weighting": weighting}, rank_states={"rng": RandomState()})
     try:
-        step = resume(engine, store, data, weighting, log)
-        engine.train()
-        started, window = time.time(), Window()
-        while step < cfg.steps:
-            for micro in range(gas):
-                if weighting.all_tasks_step:  # issue 5: every task in one step (gradient-based weightings)
-                    batches = {t: data.next(t) for t in weighting.tasks}
-                    for batch in batches.values():
-                        window.add(batch)
-                    task_losses = engine.train_multitask_step(batches, weighting)
-                    task, loss = "all", sum(task_losses.values()) / len(task_losses)
-                else:
-                    task = sampler.sample(step * gas + micro)
-                    batch = data.next(task)
-                    window.add(batch)
-                    loss = engine.train_micro_step(task, batch, weighting.weight(task))
-                    weighting.observe(task, loss)
-            step += 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                row = {"step": step, "task": task, "loss": loss, "lr": engine.lr(),
-                       "time": round(time.time(), 3), "elapsed_s": round(time.time() - started, 2), **window.close(world),
-                       "task_weights": weighting.weights(), "task_losses": task_losses,  # issue 5
-                       **model.sharing.metrics()}
-                if cfg.log_memory:
-                    row["peak_tensor_bytes_per_rank"] = gathered_ints(engine.peak_tensor_bytes)
-                log.write(row)
-                if rank == 0:
-                    print(json.dumps(row), flush=True)
-                window = Window()
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                client = {"step": step, "batches": data.state_dict(), "weighting": weighting.state_dict()}
-                engine.save(store, step, client, rank_state(), cfg.keep_checkpoints)
+        train_loop(cfg, gas, engine, model, data, sampler, weighting, checkpointer,
+                   MetricsLog(spec.metrics_file, rank), world)
         export(spec, engine, store, tag_for(cfg.steps), model, tokenizer)
         dist.barrier()
     finally:

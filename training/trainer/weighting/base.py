@@ -1,13 +1,13 @@
 """What every loss weighting shares. A weighting is built as `cls(tasks, seed, **params)` and
 offers two ways to be used, both plain math without DeepSpeed:
 
-- sampled steps (one task per micro-step): `weight(task)` scales that task's loss and
-  `observe(task, loss)` reports it back;
+- sampled steps (one task per micro-step): `weight(task)` scales that task's loss;
 - all-task steps (one micro-batch of every task, one backward): `combine(losses, grads)` turns the
   tasks' mean losses `[tasks]` (and, when `needs_grads`, their gradients at the probe parameters
   `[tasks, probe]`, averaged over processes) into the coefficients of the summed loss.
 
-`all_tasks_step` says which one the worker runs. Weightings with learned parameters hand a
+`all_tasks_step` says which one the trainer runs; `coefficients` is the one call the training step
+makes, either way. Weightings with learned parameters hand a
 plain module to the model through `module()`, so the optimizer and ZeRO treat them like any
 other parameter.
 """
@@ -42,8 +42,14 @@ class Weighting:
     def weight(self, task: str) -> float:
         return self.weights()[task]
 
-    def observe(self, task: str, loss: float) -> None:
-        """Most weightings learn nothing from a single task's loss."""
+    def coefficients(self, tasks: list[str], losses: torch.Tensor | None,
+                     grads: torch.Tensor | None) -> torch.Tensor:
+        """The coefficient of each of `tasks`' losses in this micro-step's summed loss: `combine`
+        over every task in an all-task step (losses and grads as `combine` takes them), the task's
+        `weight` in a sampled step (no loss values needed, so none are read from the device)."""
+        if self.all_tasks_step:
+            return self.combine(losses, grads)
+        return torch.tensor([self.weight(t) for t in tasks], dtype=torch.float32)
 
     def combine(self, losses: torch.Tensor, grads: torch.Tensor | None) -> torch.Tensor:
         return torch.tensor([self.weights()[t] for t in self.tasks], dtype=torch.float32)
