@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from data_prep.config import Column, TaskDataConfig, is_pair_task, is_token_task
 from data_prep.errors import IssueCollector
 from data_prep.examples import Example
-from data_prep.tagcheck import describe, judge, offending
+from data_prep.tagcheck import Verdict, describe, judge, offending
 
 BOM = "\ufeff"
 
@@ -165,7 +165,7 @@ def _wrong_tag_column(lines: list[str], seen: Counter[str], first: dict[str, tup
                       cfg: TaskDataConfig, issues: IssueCollector) -> bool:
     """Reports a tag column whose values do not look like the scheme's tags, pointing at the
     first offending line and at a column that looks right where there is one."""
-    verdict = judge(seen, cfg.label_scheme, trust_chunks=cfg.tag_column is not None)
+    verdict = judge(seen, cfg.label_scheme, named=cfg.tag_column is not None)
     if verdict == "ok":
         return False
     number, tag_i = min(first[v] for v in seen if offending(v, verdict))
@@ -176,7 +176,7 @@ def _wrong_tag_column(lines: list[str], seen: Counter[str], first: dict[str, tup
     return True
 
 
-def _tag_column_fix(lines: list[str], tag_i: int, cfg: TaskDataConfig, verdict: str) -> str:
+def _tag_column_fix(lines: list[str], tag_i: int, cfg: TaskDataConfig, verdict: Verdict) -> str:
     """Which column to use instead: one whose values look right for the scheme, if any."""
     columns: dict[int, Counter[str]] = {}
     for raw in lines:
@@ -185,19 +185,19 @@ def _tag_column_fix(lines: list[str], tag_i: int, cfg: TaskDataConfig, verdict: 
             for i, value in enumerate(cols):
                 columns.setdefault(i, Counter())[value] += 1
     token_i = cfg.token_column if isinstance(cfg.token_column, int) and cfg.token_column >= 0 else 0
-    fitting = [i for i, counts in sorted(columns.items())
-               if i != tag_i and judge(counts, cfg.label_scheme) == "ok"]
+    fitting = [i for i, counts in sorted(columns.items()) if i != tag_i and judge(counts, cfg.label_scheme) == "ok"]
     others = [i for i in fitting if i != token_i]
     if others:
         return f"column(s) {others} look like the tags: set tag_column: {others[0]}"
-    if fitting and verdict == "words" and judge(columns[tag_i], "plain") == "words":
+    if fitting and verdict == "words":  # only the token column looks like tags: the two are swapped
         return (f"column {token_i} looks like the tags and column {tag_i} like the words: "
                 f"set token_column: {tag_i} and tag_column: {token_i}")
     if verdict == "chunks":
         return (f"no column looks like entity tags: point at a file with them, or set tag_column: {tag_i} "
                 "to train on these chunks")
-    scheme = "B-/I-/O tags" if cfg.label_scheme == "bio" else "tags"
-    return f"set tag_column to the 0-based column of the {scheme}"
+    if verdict == "words":
+        return f"set tag_column to the 0-based column of the tags (tag_column: {tag_i} if these are the tags)"
+    return "set tag_column to the 0-based column of the B-/I-/O tags, or label_scheme: plain"
 
 
 def _resolve(column: Column | None, header: list[str] | None, file: str, key: str,

@@ -26,18 +26,19 @@ def _share(counts: Counter[str], keep: set[str]) -> float:
     return sum(counts[v] for v in keep) / total if total else 1.0
 
 
-def judge(counts: Counter[str], scheme: Scheme, trust_chunks: bool = False) -> Verdict:
-    """What a column's values (value -> count) look like for a task of this scheme. Chunk tags
-    pass only when the column was chosen explicitly (`trust_chunks`): chunking is a fine bio task."""
+def judge(counts: Counter[str], scheme: Scheme, named: bool = False) -> Verdict:
+    """What a column's values (value -> count) look like for a task of this scheme. A column
+    the config names (`named`) may hold chunk tags (chunking is a fine bio task) or a large tag
+    set; only a bio column without the BIO shape is refused then."""
     if scheme == "bio":
         if _share(counts, {v for v in counts if BIO_SHAPE.match(v)}) < 0.5:
             return "not_bio"
         typed = Counter({v: n for v, n in counts.items() if v != "O"})
-        if not trust_chunks and typed and _share(typed, {v for v in typed if v[2:] in CHUNK_TYPES}) >= 0.5:
+        if not named and typed and _share(typed, {v for v in typed if v[2:] in CHUNK_TYPES}) >= 0.5:
             return "chunks"
         return "ok"
     total = sum(counts.values())
-    if len(counts) >= WORDLIKE_MIN_DISTINCT and len(counts) >= WORDLIKE_MIN_SHARE * total:
+    if not named and len(counts) >= WORDLIKE_MIN_DISTINCT and len(counts) >= WORDLIKE_MIN_SHARE * total:
         return "words"
     return "ok"
 

@@ -185,3 +185,11 @@ def test_utf16_with_its_byte_order_mark(write):
 def test_unknown_encoding_is_a_config_error():
     with pytest.raises(ValueError, match="unknown encoding 'utf-9'"):
         task(format="tsv", train="x", dev="y", encoding="utf-9")
+
+
+@pytest.mark.parametrize("delimiter", ["", ";;", '"', "\n"])
+def test_delimiter_is_one_character_other_than_a_quote_or_line_end(delimiter):
+    """csv refuses such a separator with a TypeError at read time; the config names it first."""
+    with pytest.raises(ValueError, match="delimiter"):
+        task(format="csv", train="x", dev="y", delimiter=delimiter)
+    assert task(format="csv", train="x", dev="y", delimiter=";").delimiter == ";"

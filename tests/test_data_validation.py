@@ -246,3 +246,5 @@ def test_plain_tag_column_holding_words_is_refused(data_dir, write):
     text = refused(cfg(train, train, type="token_classification", format="conll"))
     assert f"{train}:3: tag_column: column 1 (tag_column -1) holds" in text and "words, not tags" in text
     assert "set token_column: 1 and tag_column: 0" in text
+    assert len(ingest_task(cfg(train, train, type="token_classification", format="conll", tag_column=1), None).labels) \
+        > 1000, "a tag column named in the config may hold a large tag set"
