@@ -296,7 +296,7 @@ def _field_text(value: Any, names: list[str] | None = None) -> str | None:
 
 
 def _why_not_text(value: Any, names: list[str] | None) -> str:
-    if names and isinstance(value, int) and not isinstance(value, (bool, list, dict)):
+    if names and isinstance(value, int) and not isinstance(value, bool):
         return f"class id {value} has no name: the dataset names {len(names)} classes (-1 marks an unlabelled row)"
     return f"{type(value).__name__} {str(value)[:40]!r} is not a text or a label"
 
