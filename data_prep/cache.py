@@ -5,22 +5,28 @@ Locally the folder is first written under a temporary name and renamed into plac
 rename) the marker is the commit. A reader ignores any folder without the marker, so a crash
 mid-write never leaves an entry that is later read.
 
+The marker holds every file's size and SHA-256, checked on each read: a file damaged at rest
+(a flipped bit, a truncation, a partial copy between stores) is reported as `CorruptEntry`,
+never loaded; `ArtifactCache.load` logs it, removes the entry and lets the step recompute.
+
 Keys hash everything that decides the content: the source bytes (S3 ETags), the reader
 settings, the tokenizer files, max length, and the code of this package.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal, TypeVar
 
 from data_prep.config import S3Config
 from data_prep.sources import filesystem, is_url
@@ -28,6 +34,32 @@ from data_prep.sources import filesystem, is_url
 MARKER = "_COMMITTED"
 Kind = Literal["ingest", "tokenize"]
 PACKAGE_DIR = Path(__file__).resolve().parent
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+class CorruptEntry(Exception):
+    """A committed entry whose files do not match the checksums written with it."""
+
+
+def checksum(handle: IO[bytes]) -> dict[str, Any]:
+    """Size and SHA-256 of a file's bytes, read in blocks."""
+    digest_ = hashlib.sha256()
+    size = 0
+    while block := handle.read(1 << 22):
+        digest_.update(block)
+        size += len(block)
+    return {"size": size, "sha256": digest_.hexdigest()}
+
+
+def manifest(folder: Path) -> bytes:
+    """The marker's content: every file of a staged entry with its checksum."""
+    files = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.name != MARKER:
+            with open(path, "rb") as handle:
+                files[path.name] = checksum(handle)
+    return json.dumps({"files": files}, sort_keys=True).encode()
 
 
 def digest(*parts: Any) -> str:
@@ -83,14 +115,15 @@ class ArtifactCache:
                 yield Path(staging)
                 for source in sorted(Path(staging).iterdir()):
                     self.fs.put_file(str(source), self._path(kind, key, source.name))
-                self.fs.pipe_file(self._path(kind, key, MARKER), b"ok")  # the commit: after every file
+                # the commit, after every file: it holds their checksums
+                self.fs.pipe_file(self._path(kind, key, MARKER), manifest(Path(staging)))
             return
         final = Path(self._path(kind, key))
         tmp = final.with_name(f".tmp-{key}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(parents=True)
         try:
             yield tmp
-            (tmp / MARKER).write_text("ok")
+            (tmp / MARKER).write_bytes(manifest(tmp))
             if final.exists():  # a half entry left by a crash (no marker), or a concurrent writer's
                 if (final / MARKER).exists():
                     return
@@ -100,18 +133,78 @@ class ArtifactCache:
             if tmp.exists():
                 shutil.rmtree(tmp)
 
+    def load(self, kind: Kind, key: str, read: Callable[[], T]) -> T | None:
+        """`read()` on a committed entry (it reads through `fetch` and `read_json`, which check
+        every file); None when there is no entry, or when it is damaged: then the damage is
+        logged and the entry removed, so the caller recomputes and commits a sound one."""
+        if not self.has(kind, key):
+            return None
+        try:
+            return read()
+        except CorruptEntry as exc:
+            log.warning("cache entry %s is damaged, recomputing it: %s", self.location(kind, key), exc)
+            self.invalidate(kind, key)
+            return None
+
+    def invalidate(self, kind: Kind, key: str) -> None:
+        """Remove an entry: the marker first, so no reader takes the rest while it goes."""
+        marker = self._path(kind, key, MARKER)
+        if self.fs.exists(marker):
+            self.fs.rm_file(marker)
+        if self.fs.exists(self._path(kind, key)):
+            self.fs.rm(self._path(kind, key), recursive=True)
+
+    def _expected(self, kind: Kind, key: str, name: str) -> dict[str, Any]:
+        """The checksum the entry's marker holds for one of its files."""
+        try:
+            with self.fs.open(self._path(kind, key, MARKER), "rb") as handle:
+                files = json.loads(handle.read())["files"]
+            expected = files[name]
+            return {"size": int(expected["size"]), "sha256": str(expected["sha256"])}
+        except FileNotFoundError:
+            raise CorruptEntry(f"{MARKER} is gone") from None
+        except (ValueError, KeyError, TypeError) as exc:  # a damaged marker, or one from before checksums
+            raise CorruptEntry(f"{MARKER} holds no checksum for {name} ({type(exc).__name__}: {exc})") from None
+
+    def _verify(self, kind: Kind, key: str, name: str, handle: IO[bytes]) -> None:
+        expected = self._expected(kind, key, name)
+        found = checksum(handle)
+        if found != expected:
+            raise CorruptEntry(f"{name}: {found['size']} bytes with SHA-256 {found['sha256'][:12]}..., "
+                               f"written as {expected['size']} bytes with {expected['sha256'][:12]}...")
+
     def fetch(self, kind: Kind, key: str, name: str, work_dir: str | Path) -> str:
-        """A local path to an entry's file: the entry itself for a local store, else a download
-        into `work_dir` (training and evaluation read local files)."""
+        """A local path to an entry's file, checked against its checksum: the entry itself for a
+        local store, else a download into `work_dir` (training and evaluation read local files).
+        Raises `CorruptEntry` for a damaged or missing file."""
         if not self.remote:
-            return self._path(kind, key, name)
+            path = self._path(kind, key, name)
+            try:
+                with open(path, "rb") as handle:
+                    self._verify(kind, key, name, handle)
+            except FileNotFoundError:
+                raise CorruptEntry(f"{name} is gone") from None
+            return path
         target = Path(work_dir) / name
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        self.fs.get_file(self._path(kind, key, name), str(tmp))
-        os.replace(tmp, target)
+        try:
+            self.fs.get_file(self._path(kind, key, name), str(tmp))
+            with open(tmp, "rb") as handle:
+                self._verify(kind, key, name, handle)
+            os.replace(tmp, target)
+        except FileNotFoundError:
+            raise CorruptEntry(f"{name} is gone") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return str(target)
 
     def read_json(self, kind: Kind, key: str, name: str) -> Any:
-        with self.fs.open(self._path(kind, key, name), "r", encoding="utf-8") as handle:
-            return json.load(handle)
+        """An entry's JSON file, checked against its checksum (`CorruptEntry` if damaged)."""
+        try:
+            with self.fs.open(self._path(kind, key, name), "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            raise CorruptEntry(f"{name} is gone") from None
+        self._verify(kind, key, name, io.BytesIO(data))
+        return json.loads(data)

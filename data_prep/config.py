@@ -2,10 +2,12 @@
 settings, and the tokenization settings."""
 from __future__ import annotations
 
+import codecs
 import os
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 TaskType = Literal["token_classification", "sequence_classification", "sequence_pair_classification",
                    "sequence_regression", "sequence_pair_regression"]
@@ -104,11 +106,16 @@ class TaskDataConfig(BaseModel):
     label_separator: str | None = Field(
         None, description="label_text: keep only the label's part before this (':' for TREC's coarse classes)")
     header: bool = Field(True, description="tsv/csv: first line names the columns")
-    delimiter: str | None = Field(None, description="tsv/csv: field separator (default tab for tsv, comma for csv)")
+    delimiter: str | None = Field(None, min_length=1, max_length=1, pattern=r'^[^"\r\n]$',
+                                  description="tsv/csv: field separator, one character (default tab for tsv, "
+                                              "comma for csv)")
     encoding: str = "utf-8"
     encoding_errors: Literal["strict", "replace"] = Field(
         "strict", description="strict refuses undecodable bytes; replace substitutes U+FFFD"
     )
+    labels: list[str] | None = Field(
+        None, min_length=1, description="the label (token tasks: tag) set; any other value in the data is refused, "
+                                        "and a first model's label ids follow this order")
     label_scheme: Literal["plain", "bio"] = Field(
         "plain", description="bio: tags are B-/I-/O entity tags, scored with entity-level F1"
     )
@@ -120,6 +127,31 @@ class TaskDataConfig(BaseModel):
     max_train_examples: int | None = Field(None, gt=0, description="subsample train to this many (seeded)")
     max_dev_examples: int | None = Field(None, gt=0, description="subsample dev to this many (seeded)")
     sample_seed: int = 13
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        # `labels: [0, 1]` in YAML means the classes a file writes as 0 and 1
+        if isinstance(value, list):
+            return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}; use a Python codec name such as utf-8, "
+                             "utf-8-sig, utf-16 or latin-1") from None
+        return value
+
+    @model_validator(mode="after")
+    def _declared_labels(self) -> "TaskDataConfig":
+        problems = declared_label_problems(self.labels or [], self.type, self.label_scheme)
+        if problems:
+            raise ValueError(f"task {self.name!r}: " + "; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _one_dev_source(self) -> "TaskDataConfig":
@@ -133,6 +165,26 @@ class TaskDataConfig(BaseModel):
         if self.source == "files" and self.format is None:
             raise ValueError(f"task {self.name!r}: set format to one of conllu, conll, tsv, csv, jsonl, parquet, label_text")
         return self
+
+
+BIO_TAG = re.compile(r"^(O|[BI]-.+)$")
+
+
+def declared_label_problems(labels: list[str], task_type: str, scheme: str) -> list[str]:
+    """What is wrong with a declared label set, the first problem first."""
+    if labels and is_regression(task_type):
+        return [f"labels: {task_type} targets are numbers, not a label set; remove labels"]
+    problems: list[str] = []
+    seen: set[str] = set()
+    for label in labels:
+        if not label.strip():
+            problems.append("labels: an empty label cannot be a class; remove it")
+        elif label in seen:
+            problems.append(f"labels: {label!r} is declared twice; list every label once")
+        elif scheme == "bio" and not BIO_TAG.match(label):
+            problems.append(f"labels: {label!r} is not a BIO tag; a bio task declares O, B-TYPE and I-TYPE tags")
+        seen.add(label)
+    return problems
 
 
 class TokenizeConfig(BaseModel):

@@ -75,6 +75,10 @@ def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: Issu
                            "every token needs exactly one tag")
             if not ex.tokens:
                 issues.add(ex.file, ex.line, "tokens", "no tokens", "remove the record or fill in its tokens")
+            for position, tag in enumerate(ex.tags or []):
+                if not tag.strip():
+                    issues.add(ex.file, _tag_line(ex, position, cfg), f"tags[{position}]", "empty tag",
+                               "every token needs a tag")
             if cfg.label_scheme == "bio":
                 _check_bio(ex, cfg, issues)
         else:
@@ -87,6 +91,20 @@ def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: Issu
             elif is_regression(cfg.type) and not _is_number(ex.label):
                 issues.add(ex.file, ex.line, "label", f"{ex.label!r} is not a number",
                            f"{cfg.type} targets are real numbers (e.g. 3.8)")
+        if cfg.labels is not None:
+            _check_declared(ex, cfg, cfg.labels, issues)
+
+
+def _check_declared(ex: Example, cfg: TaskDataConfig, declared: list[str], issues: IssueCollector) -> None:
+    """A task that declares its label set refuses any other value (a typo would become a class)."""
+    allowed = set(declared)
+    shown = repr(declared) if len(declared) <= 20 else f"{declared[:20]!r} ... ({len(declared)} in all)"
+    for position, label in enumerate(gold_labels(ex)):
+        if label.strip() and label not in allowed:  # an empty one is reported as empty already
+            line, name = (_tag_line(ex, position, cfg), f"tags[{position}]") if ex.tags is not None \
+                else (ex.line, "label")
+            issues.add(ex.file, line, name, f"{label!r} is not one of the declared labels {shown}",
+                       "fix the value, or add it to the task's labels")
 
 
 def _is_number(text: str) -> bool:
@@ -167,6 +185,7 @@ def read_hub_split(cfg: TaskDataConfig, split: str, issues: IssueCollector) -> t
 def read_split(cfg: TaskDataConfig, split: str, data_dir: str | None, issues: IssueCollector,
                s3: S3Config | None = None) -> list[Example]:
     """Every example of one split, from all its files; an empty split is reported."""
+    reported = _count(issues)
     if cfg.source == "hub":
         examples, size = read_hub_split(cfg, split, issues)
         where = f"hub:{cfg.hub.name if cfg.hub else ''}[{getattr(cfg, split)}]"
@@ -181,11 +200,15 @@ def read_split(cfg: TaskDataConfig, split: str, data_dir: str | None, issues: Is
         where = files[0] if len(files) == 1 else ", ".join(split_locations(cfg, split, data_dir))
     if not size:
         issues.add(where, None, f"tasks.{cfg.name}.{split}", "the split is empty", "point at a file with data")
-    elif not examples:
+    elif not examples and reported == _count(issues):  # a reader that refused a file said why already
         issues.add(where, None, f"tasks.{cfg.name}.{split}", "no examples found",
                    f"check that the data is in {cfg.format or 'the configured'} format and the column settings")
     validate_examples(examples, cfg, issues)
     return examples
+
+
+def _count(issues: IssueCollector) -> int:
+    return len(issues.issues) + issues.dropped
 
 
 def ingest_task(cfg: TaskDataConfig, data_dir: str | None, previous_labels: list[str] | None = None,
@@ -205,7 +228,8 @@ def ingest_task(cfg: TaskDataConfig, data_dir: str | None, previous_labels: list
         splits["train"], splits["dev"] = cut_dev(splits["train"], cfg.dev_ratio, cfg.split_seed)
     labels: list[str] = []  # a real-valued target has no label set to keep stable or to check dev against
     if not is_regression(cfg.type):
-        labels = build_label_list((lab for ex in splits["train"] for lab in gold_labels(ex)), previous_labels)
+        labels = build_label_list((lab for ex in splits["train"] for lab in gold_labels(ex)), previous_labels,
+                                  cfg.labels)
         known = set(labels)
         for ex in splits["dev"]:
             for position, lab in enumerate(gold_labels(ex)):

@@ -7,12 +7,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
-def build_label_list(observed: Iterable[str], previous: list[str] | None = None) -> list[str]:
+def build_label_list(observed: Iterable[str], previous: list[str] | None = None,
+                     declared: list[str] | None = None) -> list[str]:
     """`previous` in its order (even labels no longer observed: dropping one would shift the ids
-    after it), then labels seen for the first time, sorted so the order does not depend on the
-    order of the data."""
+    after it), then the task's `declared` labels in their order, then labels seen for the first
+    time, sorted so the order does not depend on the order of the data. A declared set is the
+    whole set (ingest refuses any other value), so its unseen labels get ids too."""
     labels = list(dict.fromkeys(previous or []))  # a duplicated id in an old card cannot be kept twice
     known = set(labels)
+    for label in declared or []:
+        if label not in known:
+            labels.append(label)
+            known.add(label)
     for label in sorted(set(observed) - known):
         labels.append(label)
     return labels

@@ -5,12 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from data_prep.config import Column, TaskDataConfig, is_pair_task, is_token_task
 from data_prep.errors import IssueCollector
 from data_prep.examples import Example
+from data_prep.tagcheck import Verdict, describe, judge, offending
+
+BOM = "\ufeff"
 
 
 class Reader(Protocol):
@@ -20,9 +24,14 @@ class Reader(Protocol):
 
 def decode(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> str:
     """Text of a file: strict by default (a bad byte is reported with its line), or lenient
-    (`encoding_errors: replace`) when the task asks for it."""
-    if isinstance(data, str):
-        return data
+    (`encoding_errors: replace`) when the task asks for it. A leading byte order mark (editors
+    on Windows write one) is dropped: it says how the file is encoded and is no part of the
+    first field."""
+    text = data if isinstance(data, str) else _decode_bytes(data, file, cfg, issues)
+    return text[1:] if text.startswith(BOM) else text
+
+
+def _decode_bytes(data: bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> str:
     try:
         return data.decode(cfg.encoding, errors="strict")
     except UnicodeDecodeError as exc:
@@ -34,14 +43,24 @@ def decode(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueColle
         return ""
 
 
+def text_lines(text: str) -> list[str]:
+    """Lines as an editor numbers them: split at line feeds (CR LF too; CR alone in a file
+    without any LF). Not `str.splitlines`, which also splits at form feeds and U+2028,
+    characters a JSON string or a sentence may hold, and would shift every line number after."""
+    separator = "\n" if "\n" in text or "\r" not in text else "\r"
+    lines = text.split(separator)
+    if lines and not lines[-1]:
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_conllu(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> list[Example]:
     """CoNLL-U: word form in column 2, UPOS in column 4; multiword ranges and empty nodes skipped."""
     examples: list[Example] = []
     tokens: list[str] = []
     tags: list[str] = []
     start = 1
-    for number, raw in enumerate(decode(data, file, cfg, issues).splitlines(), start=1):
-        line = raw.rstrip("\r\n")
+    for number, line in enumerate(text_lines(decode(data, file, cfg, issues)), start=1):
         if not line.strip():
             if tokens:
                 examples.append(Example(file, start, tokens=tokens, tags=tags))
@@ -58,6 +77,8 @@ def read_conllu(data: str | bytes, file: str, cfg: TaskDataConfig, issues: Issue
             continue
         if "-" in cols[0] or "." in cols[0]:
             continue  # multiword range or empty node: not a word of the sentence
+        if not _conllu_word_ok(cols, file, number, issues):
+            continue
         if not tokens:
             start = number
         tokens.append(cols[1])
@@ -65,6 +86,25 @@ def read_conllu(data: str | bytes, file: str, cfg: TaskDataConfig, issues: Issue
     if tokens:
         examples.append(Example(file, start, tokens=tokens, tags=tags))
     return examples
+
+
+def _conllu_word_ok(cols: list[str], file: str, number: int, issues: IssueCollector) -> bool:
+    """A word line needs an index, a form and a UPOS tag; reported here, where the exact line
+    is known, instead of becoming a class named '' or '_'."""
+    word, upos = cols[1], cols[3]
+    if not cols[0].isdigit():
+        issues.add(file, number, "ID", f"{cols[0]!r} is not a word index",
+                   "IDs are 1, 2, ... (a range 1-2 for a multiword token, 1.1 for an empty node)")
+    elif not word.strip():
+        issues.add(file, number, "FORM", "empty", "every word needs its form in column 2")
+    elif not upos.strip() or upos == "_":
+        shown = "'_' (unannotated)" if upos == "_" else "empty"
+        issues.add(file, number, "UPOS", shown, "every word needs a UPOS tag in column 4 (NOUN, VERB, ...)")
+    elif upos != upos.strip() or " " in upos:
+        issues.add(file, number, "UPOS", f"{upos!r} holds a space", "a UPOS tag is one word: remove the spaces")
+    else:
+        return True
+    return False
 
 
 def _column_index(column: Column, width: int) -> int:
@@ -75,16 +115,20 @@ def _column_index(column: Column, width: int) -> int:
 
 def read_conll(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> list[Example]:
     """CoNLL column files (CoNLL-2003, WNUT): one token per line, blank (or whitespace-only)
-    line between sentences, `-DOCSTART-` lines are document breaks."""
+    line between sentences, `-DOCSTART-` lines are document breaks. A tag column that does not
+    hold what the task's scheme expects refuses the file (one problem, not one per token)."""
     examples: list[Example] = []
     tokens: list[str] = []
     tags: list[str] = []
     start = 1
     token_column = 0 if cfg.token_column is None else cfg.token_column
     tag_column = -1 if cfg.tag_column is None else cfg.tag_column
-    for number, raw in enumerate(decode(data, file, cfg, issues).splitlines(), start=1):
+    seen: Counter[str] = Counter()
+    first: dict[str, tuple[int, int]] = {}  # a tag value's first line and column, to point at
+    lines = text_lines(decode(data, file, cfg, issues))
+    for number, raw in enumerate(lines, start=1):
         cols = raw.split()
-        if not cols or cols[0] == "-DOCSTART-":
+        if _is_break(cols):
             if tokens:
                 examples.append(Example(file, start, tokens=tokens, tags=tags))
             tokens, tags, start = [], [], number + 1
@@ -104,9 +148,56 @@ def read_conll(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueC
             start = number
         tokens.append(cols[tok_i])
         tags.append(cols[tag_i])
+        seen[cols[tag_i]] += 1
+        first.setdefault(cols[tag_i], (number, tag_i))
     if tokens:
         examples.append(Example(file, start, tokens=tokens, tags=tags))
+    if seen and _wrong_tag_column(lines, seen, first, file, cfg, issues):
+        return []
     return examples
+
+
+def _is_break(cols: list[str]) -> bool:
+    return not cols or cols[0] == "-DOCSTART-"
+
+
+def _wrong_tag_column(lines: list[str], seen: Counter[str], first: dict[str, tuple[int, int]], file: str,
+                      cfg: TaskDataConfig, issues: IssueCollector) -> bool:
+    """Reports a tag column whose values do not look like the scheme's tags, pointing at the
+    first offending line and at a column that looks right where there is one."""
+    verdict = judge(seen, cfg.label_scheme, named=cfg.tag_column is not None)
+    if verdict == "ok":
+        return False
+    number, tag_i = min(first[v] for v in seen if offending(v, verdict))
+    tag_column = -1 if cfg.tag_column is None else cfg.tag_column
+    named = f"column {tag_i}" + (f" (tag_column {tag_column})" if tag_column != tag_i else "")
+    issues.add(file, number, "tag_column", f"{named} {describe(seen, verdict)}",
+               _tag_column_fix(lines, tag_i, cfg, verdict))
+    return True
+
+
+def _tag_column_fix(lines: list[str], tag_i: int, cfg: TaskDataConfig, verdict: Verdict) -> str:
+    """Which column to use instead: one whose values look right for the scheme, if any."""
+    columns: dict[int, Counter[str]] = {}
+    for raw in lines:
+        cols = raw.split()
+        if not _is_break(cols):
+            for i, value in enumerate(cols):
+                columns.setdefault(i, Counter())[value] += 1
+    token_i = cfg.token_column if isinstance(cfg.token_column, int) and cfg.token_column >= 0 else 0
+    fitting = [i for i, counts in sorted(columns.items()) if i != tag_i and judge(counts, cfg.label_scheme) == "ok"]
+    others = [i for i in fitting if i != token_i]
+    if others:
+        return f"column(s) {others} look like the tags: set tag_column: {others[0]}"
+    if fitting and verdict == "words":  # only the token column looks like tags: the two are swapped
+        return (f"column {token_i} looks like the tags and column {tag_i} like the words: "
+                f"set token_column: {tag_i} and tag_column: {token_i}")
+    if verdict == "chunks":
+        return (f"no column looks like entity tags: point at a file with them, or set tag_column: {tag_i} "
+                "to train on these chunks")
+    if verdict == "words":
+        return f"set tag_column to the 0-based column of the tags (tag_column: {tag_i} if these are the tags)"
+    return "set tag_column to the 0-based column of the B-/I-/O tags, or label_scheme: plain"
 
 
 def _resolve(column: Column | None, header: list[str] | None, file: str, key: str,
@@ -126,10 +217,30 @@ def _resolve(column: Column | None, header: list[str] | None, file: str, key: st
     return header.index(column)
 
 
+def _delimited_rows(text: str, file: str, delimiter: str, quoting: int,
+                    issues: IssueCollector) -> list[tuple[int, list[str]]]:
+    """Rows with the line each starts on (a quoted field may span lines); a line the csv module
+    cannot split (a stray carriage return, a field past its size limit) is reported and skipped."""
+    reader = csv.reader((line + "\n" for line in text_lines(text)), delimiter=delimiter, quoting=quoting)
+    rows: list[tuple[int, list[str]]] = []
+    start = 1
+    while True:
+        try:
+            cols = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as exc:
+            issues.add(file, reader.line_num, "columns", f"cannot split the line: {exc}",
+                       "check for a stray quote or carriage return")
+        else:
+            rows.append((start, cols))
+        start = reader.line_num + 1
+
+
 def _read_delimited(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector,
                     delimiter: str, quoting: int) -> list[Example]:
-    rows = list(csv.reader(decode(data, file, cfg, issues).splitlines(), delimiter=delimiter, quoting=quoting))
-    header = [h.strip() for h in rows[0]] if cfg.header and rows else None
+    rows = _delimited_rows(decode(data, file, cfg, issues), file, delimiter, quoting, issues)
+    header = [h.strip() for h in rows[0][1]] if cfg.header and rows else None
     pair_needed = is_pair_task(cfg.type)
     if pair_needed and cfg.text_pair_column is None:
         issues.add(file, None, "text_pair_column", "a pair task needs a second text column",
@@ -141,18 +252,17 @@ def _read_delimited(data: str | bytes, file: str, cfg: TaskDataConfig, issues: I
         return []
     text_i, label_i, pair_i = found
     width = len(header) if header else None
-    needed = max(i for i in (text_i, label_i, pair_i) if i is not None)
+    used = [i for i in (text_i, label_i, pair_i) if i is not None]
     examples: list[Example] = []
-    first = 2 if header else 1
-    for number, cols in enumerate(rows[first - 1:], start=first):
+    for number, cols in rows[1:] if header else rows:
         if not cols or (len(cols) == 1 and not cols[0].strip()):
             continue
         if width is not None and len(cols) != width:
             issues.add(file, number, "columns", f"expected {width} columns, found {len(cols)}",
-                       "check for a stray delimiter or a missing field")
+                       "check for a stray delimiter, a missing field or an unclosed quote")
             continue
-        if len(cols) <= needed:
-            issues.add(file, number, "columns", f"row has {len(cols)} columns, column {needed} is needed",
+        if not all(-len(cols) <= i < len(cols) for i in used):
+            issues.add(file, number, "columns", f"row has {len(cols)} columns, columns {used} are needed",
                        "check the column settings")
             continue
         examples.append(Example(file, number, text=cols[text_i].strip(), label=cols[label_i].strip(),
@@ -174,22 +284,44 @@ def _label_text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def _field_text(value: Any, names: list[str] | None = None) -> str | None:
+    """A record field as text, a class id named through `names` (hub ClassLabel features);
+    None for a value that can be neither a text nor a label: an object, a list, a class id
+    outside the names (the hub writes -1 for an unlabelled row)."""
+    if isinstance(value, (dict, list)):
+        return None
+    if names and isinstance(value, int) and not isinstance(value, bool):
+        return names[value] if 0 <= value < len(names) else None
+    return _label_text(value)
+
+
+def _why_not_text(value: Any, names: list[str] | None) -> str:
+    if names and isinstance(value, int) and not isinstance(value, bool):
+        return f"class id {value} has no name: the dataset names {len(names)} classes (-1 marks an unlabelled row)"
+    return f"{type(value).__name__} {str(value)[:40]!r} is not a text or a label"
+
+
+def _record_fields(cfg: TaskDataConfig, file: str, issues: IssueCollector) -> dict[str, Column] | None:
+    """The config key -> field name of everything a record must hold for this task."""
+    if is_token_task(cfg.type):
+        return {"token_column": cfg.token_column or "tokens", "tag_column": cfg.tag_column or "tags"}
+    fields: dict[str, Column] = {"text_column": cfg.text_column, "label_column": cfg.label_column}
+    if is_pair_task(cfg.type):
+        if cfg.text_pair_column is None:
+            issues.add(file, None, "text_pair_column", "a pair task needs a second text field", "set text_pair_column")
+            return None
+        fields["text_pair_column"] = cfg.text_pair_column
+    return fields
+
+
 def records_to_examples(rows: Iterable[tuple[int, dict[str, Any]]], file: str, cfg: TaskDataConfig,
                         issues: IssueCollector, label_names: dict[str, list[str]] | None = None) -> list[Example]:
     """Field-mapped records (JSON lines, Parquet, hub datasets) to examples. `rows` pairs each
     record with its line (JSON lines) or 1-based row number; `label_names` turns integer class
     ids of a column into their names (hub ClassLabel features)."""
-    names = label_names or {}
-    if is_token_task(cfg.type):
-        fields = {"token_column": cfg.token_column or "tokens", "tag_column": cfg.tag_column or "tags"}
-    else:
-        fields = {"text_column": cfg.text_column, "label_column": cfg.label_column}
-        if is_pair_task(cfg.type):
-            if cfg.text_pair_column is None:
-                issues.add(file, None, "text_pair_column", "a pair task needs a second text field",
-                           "set text_pair_column")
-                return []
-            fields["text_pair_column"] = cfg.text_pair_column
+    fields = _record_fields(cfg, file, issues)
+    if fields is None:
+        return []
     examples: list[Example] = []
     for number, row in rows:
         missing = [f"{key} {col!r}" for key, col in fields.items() if str(col) not in row]
@@ -198,30 +330,49 @@ def records_to_examples(rows: Iterable[tuple[int, dict[str, Any]]], file: str, c
                        f"the record has {sorted(row)}", "set the *_column options to existing fields")
             continue
         value = {key: row[str(col)] for key, col in fields.items()}
-        if is_token_task(cfg.type):
-            tokens, tags = value["token_column"], value["tag_column"]
-            if not isinstance(tokens, list) or not isinstance(tags, list):
-                issues.add(file, number, str(fields["token_column"]), "tokens and tags must be lists",
-                           'write e.g. {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}')
-                continue
-            tag_names = names.get(str(fields["tag_column"]))
-            examples.append(Example(file, number, tokens=[str(t) for t in tokens],
-                                    tags=[tag_names[t] if tag_names and isinstance(t, int) else _label_text(t)
-                                          for t in tags]))
-        else:
-            label = value["label_column"]
-            label_list = names.get(str(fields["label_column"]))
-            examples.append(Example(
-                file, number, text=_label_text(value["text_column"]),
-                label=label_list[label] if label_list and isinstance(label, int) and label >= 0 else _label_text(label),
-                text_pair=_label_text(value["text_pair_column"]) if "text_pair_column" in value else None))
+        names = {key: (label_names or {}).get(str(col)) for key, col in fields.items()}
+        read = _token_record if is_token_task(cfg.type) else _sentence_record
+        example = read(value, names, fields, file, number, issues)
+        if example is not None:
+            examples.append(example)
     return examples
+
+
+def _token_record(value: dict[str, Any], names: dict[str, list[str] | None], fields: dict[str, Column],
+                  file: str, number: int, issues: IssueCollector) -> Example | None:
+    tokens, tags = value["token_column"], value["tag_column"]
+    if not isinstance(tokens, list) or not isinstance(tags, list):
+        issues.add(file, number, str(fields["token_column"]), "tokens and tags must be lists",
+                   'write e.g. {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}')
+        return None
+    words = [None if t is None else _field_text(t) for t in tokens]
+    labels = [_field_text(t, names["tag_column"]) for t in tags]
+    for key, raw, texts, known in (("token_column", tokens, words, None), ("tag_column", tags, labels,
+                                                                           names["tag_column"])):
+        bad = next((i for i, text in enumerate(texts) if text is None), None)
+        if bad is not None:
+            issues.add(file, number, f"{fields[key]}[{bad}]", _why_not_text(raw[bad], known),
+                       "write a list of words and a list of tags (strings)")
+            return None
+    return Example(file, number, tokens=[w or "" for w in words], tags=[t or "" for t in labels])
+
+
+def _sentence_record(value: dict[str, Any], names: dict[str, list[str] | None], fields: dict[str, Column],
+                     file: str, number: int, issues: IssueCollector) -> Example | None:
+    texts = {key: _field_text(raw, names[key] if key == "label_column" else None) for key, raw in value.items()}
+    for key, text in texts.items():
+        if text is None:
+            issues.add(file, number, str(fields[key]), _why_not_text(value[key], names[key]),
+                       "write the text and the label as strings (or numbers)")
+            return None
+    return Example(file, number, text=texts["text_column"], label=texts["label_column"],
+                   text_pair=texts.get("text_pair_column"))
 
 
 def read_jsonl(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> list[Example]:
     """JSON lines: one object per line, fields mapped by the *_column options."""
     rows: list[tuple[int, dict[str, Any]]] = []
-    for number, line in enumerate(decode(data, file, cfg, issues).splitlines(), start=1):
+    for number, line in enumerate(text_lines(decode(data, file, cfg, issues)), start=1):
         if not line.strip():
             continue
         try:
@@ -229,6 +380,9 @@ def read_jsonl(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueC
         except json.JSONDecodeError as exc:
             issues.add(file, number, "json", f"not valid JSON: {exc.msg} at column {exc.colno}",
                        "write one JSON object per line")
+            continue
+        except (ValueError, RecursionError) as exc:  # a number past Python's digit limit, deep nesting
+            issues.add(file, number, "json", f"cannot read: {str(exc)[:120]}", "write one JSON object per line")
             continue
         if not isinstance(row, dict):
             issues.add(file, number, "json", f"expected an object, found {type(row).__name__}",
@@ -245,22 +399,27 @@ def read_parquet(data: str | bytes, file: str, cfg: TaskDataConfig, issues: Issu
 
     raw = data.encode() if isinstance(data, str) else data
     try:
-        table = pq.read_table(io.BytesIO(raw))
-    except (pa.ArrowInvalid, OSError) as exc:
-        issues.add(file, None, "parquet", f"not a readable Parquet file: {exc}", "write the file with pyarrow or pandas")
+        rows = pq.read_table(io.BytesIO(raw)).to_pylist()
+    except (pa.ArrowException, OSError) as exc:  # a damaged file fails in the footer, a page or a decoder
+        issues.add(file, None, "parquet", f"not a readable Parquet file: {str(exc)[:200]}",
+                   "write the file with pyarrow or pandas")
         return []
-    return records_to_examples(enumerate(table.to_pylist(), start=1), file, cfg, issues)
+    except UnicodeDecodeError as exc:  # a string column's bytes are only decoded when rows are built
+        issues.add(file, None, "parquet", f"a string value is not valid UTF-8: {exc.reason}",
+                   "write the file again from clean text")
+        return []
+    return records_to_examples(enumerate(rows, start=1), file, cfg, issues)
 
 
 def read_label_text(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> list[Example]:
     """One example a line: the label, whitespace, then the text (TREC's `DESC:manner How did ...`).
     `label_separator` keeps only the label's part before it (TREC's coarse classes with `:`)."""
     examples: list[Example] = []
-    for number, raw in enumerate(decode(data, file, cfg, issues).splitlines(), start=1):
+    for number, raw in enumerate(text_lines(decode(data, file, cfg, issues)), start=1):
         line = raw.strip()
         if not line:
             continue
-        label, _, text = line.partition(" ")
+        label, text = (line.split(None, 1) + [""])[:2]
         if not text.strip():
             issues.add(file, number, "text", f"line {line[:40]!r} has a label but no text",
                        "write the label, a space, then the text")

@@ -77,28 +77,31 @@ def ingest_cached(cfg: TaskDataConfig, data_dir: str | None, cache: ArtifactCach
     (local paths), the label list and the counts."""
     key = ingest_key(cfg, data_dir, s3, previous_labels)
     folder = Path(work_dir) / cfg.name
-    if key is None or not cache.has("ingest", key):
-        data = ingest_task(cfg, data_dir, previous_labels, s3=s3)
-        meta = {"labels": data.labels, "counts": {split: len(ex) for split, ex in data.splits.items()}}
-        if key is None:  # nothing to pin the entry to: keep the result in the run only
-            for split, examples in data.splits.items():
-                write_jsonl(folder / f"{split}.jsonl", [ex.to_dict() for ex in examples])
-            atomic_write_text(folder / "labels.json", json.dumps(data.labels))
-            return {"name": cfg.name, **meta, "splits": {s: str(folder / f"{s}.jsonl") for s in data.splits},
-                    "key": None, "cached": False}
-        with cache.writer("ingest", key) as entry:
-            for split, examples in data.splits.items():
-                write_jsonl(entry / f"{split}.jsonl", [ex.to_dict() for ex in examples])
-            atomic_write_text(entry / "meta.json", json.dumps(meta))
-        cached = False
-    else:
-        cached = True
+    if key is not None:
+        hit = cache.load("ingest", key, lambda: _ingest_entry(cache, key, folder))
+        if hit is not None:
+            return {"name": cfg.name, **hit, "key": key, "cached": True}
+    data = ingest_task(cfg, data_dir, previous_labels, s3=s3)
+    meta = {"labels": data.labels, "counts": {split: len(ex) for split, ex in data.splits.items()}}
+    if key is None:  # nothing to pin the entry to: keep the result in the run only
+        for split, examples in data.splits.items():
+            write_jsonl(folder / f"{split}.jsonl", [ex.to_dict() for ex in examples])
+        atomic_write_text(folder / "labels.json", json.dumps(data.labels))
+        return {"name": cfg.name, **meta, "splits": {s: str(folder / f"{s}.jsonl") for s in data.splits},
+                "key": None, "cached": False}
+    with cache.writer("ingest", key) as entry:
+        for split, examples in data.splits.items():
+            write_jsonl(entry / f"{split}.jsonl", [ex.to_dict() for ex in examples])
+        atomic_write_text(entry / "meta.json", json.dumps(meta))
+    return {"name": cfg.name, **_ingest_entry(cache, key, folder), "key": key, "cached": False}
+
+
+def _ingest_entry(cache: ArtifactCache, key: str, folder: Path) -> dict[str, Any]:
+    """The checked files of an ingest entry; the run folder keeps the label map it trains with."""
     meta = cache.read_json("ingest", key, "meta.json")
     splits = {split: cache.fetch("ingest", key, f"{split}.jsonl", folder) for split in meta["counts"]}
-    # the run folder keeps the label map it trained with, hit or miss
     atomic_write_text(folder / "labels.json", json.dumps(meta["labels"]))
-    return {"name": cfg.name, "labels": meta["labels"], "counts": meta["counts"], "splits": splits,
-            "key": key, "cached": cached}
+    return {"labels": meta["labels"], "counts": meta["counts"], "splits": splits}
 
 
 def tokenize_key(cfg: TaskDataConfig, ingested: dict[str, Any], tokenizer_path: str, max_length: int,
@@ -116,10 +119,10 @@ def tokenize_cached(cfg: TaskDataConfig, ingested: dict[str, Any], tokenizer_pat
     them from the cache. The tokenizer is loaded only on a miss (pass one in to share it)."""
     key = tokenize_key(cfg, ingested, tokenizer_path, max_length, settings)
     folder = Path(work_dir) / cfg.name
-    if key is not None and cache.has("tokenize", key):
-        stats = cache.read_json("tokenize", key, "stats.json")
-        return {"name": cfg.name, "features": cache.fetch("tokenize", key, "train.features.jsonl", folder),
-                "stats": stats, "key": key, "cached": True}
+    if key is not None:
+        hit = cache.load("tokenize", key, lambda: _tokenize_entry(cache, key, folder))
+        if hit is not None:
+            return {"name": cfg.name, **hit, "key": key, "cached": True}
     if tokenizer is None:
         from transformers import AutoTokenizer
 
@@ -135,5 +138,9 @@ def tokenize_cached(cfg: TaskDataConfig, ingested: dict[str, Any], tokenizer_pat
     with cache.writer("tokenize", key) as entry:
         write_jsonl(entry / "train.features.jsonl", rows)
         atomic_write_text(entry / "stats.json", json.dumps(stats.as_dict()))
-    return {"name": cfg.name, "features": cache.fetch("tokenize", key, "train.features.jsonl", folder),
-            "stats": stats.as_dict(), "key": key, "cached": False}
+    return {"name": cfg.name, **_tokenize_entry(cache, key, folder), "key": key, "cached": False}
+
+
+def _tokenize_entry(cache: ArtifactCache, key: str, folder: Path) -> dict[str, Any]:
+    return {"features": cache.fetch("tokenize", key, "train.features.jsonl", folder),
+            "stats": cache.read_json("tokenize", key, "stats.json")}

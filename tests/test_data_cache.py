@@ -3,11 +3,14 @@ only what depends on it, and a half-written entry is never read."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
 
-from data_prep.cache import MARKER, ArtifactCache
+import pytest
+
+from data_prep.cache import MARKER, ArtifactCache, CorruptEntry
 from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.stage import ingest_cached, read_examples, tokenize_cached
 
@@ -91,4 +94,68 @@ def test_failed_write_leaves_no_entry(tmp_path):
             raise OSError("disk full")
     except OSError:
         pass
+    assert not cache.has("ingest", "k") and not (tmp_path / "cache" / "ingest" / "k").exists()
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit, size unchanged: only the checksum can tell
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+DAMAGE = {  # what happens to a stored file -> (step, file)
+    "flipped split": ("ingest", "train.jsonl", flip_byte),
+    "truncated split": ("ingest", "train.jsonl", truncate),
+    "flipped meta": ("ingest", "meta.json", flip_byte),
+    "flipped features": ("tokenize", "train.features.jsonl", flip_byte),
+    "truncated features": ("tokenize", "train.features.jsonl", truncate),
+    "truncated stats": ("tokenize", "stats.json", truncate),
+    "flipped marker": ("tokenize", MARKER, flip_byte),
+    "deleted features": ("tokenize", "train.features.jsonl", Path.unlink),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_entry_is_detected_logged_and_recomputed(damage, write, tiny_encoder, tmp_path, caplog):
+    step, name, spoil = DAMAGE[damage]
+    train = write("t.tsv", "sentence\tlabel\n" + "".join(f"sentence number {i}\t{i % 2}\n" for i in range(40)))
+    cfg = TaskDataConfig(name="c", type="sequence_classification", format="tsv", train=str(train), dev=str(train))
+    cache = ArtifactCache(str(tmp_path / "cache"))
+
+    def both(work: str) -> tuple[dict, dict]:
+        ingested = ingest_cached(cfg, None, cache, tmp_path / work)
+        return ingested, tokenize_cached(cfg, ingested, str(tiny_encoder), 32, SETTINGS, cache, tmp_path / work)
+
+    ingested, tokenized = both("w1")
+    entry = Path(ingested["splits"]["train"] if step == "ingest" else tokenized["features"]).parent
+    sound = {p.name: p.read_bytes() for p in entry.iterdir()}
+    spoil(entry / name)
+    with caplog.at_level(logging.WARNING, logger="data_prep.cache"):
+        again, retokenized = both("w2")
+    # a recomputed ingest entry has the same key, so the tokenize entry after it still serves
+    assert (again["cached"], retokenized["cached"]) == ((False, True) if step == "ingest" else (True, False))
+    assert f"cache entry {cache.location(step, entry.name)} is damaged, recomputing it" in caplog.text
+    assert {p.name: p.read_bytes() for p in entry.iterdir()} == sound, "the entry is whole again"
+    assert Path(retokenized["features"]).read_bytes() == Path(tokenized["features"]).read_bytes()
+    assert retokenized["stats"] == tokenized["stats"] and again["labels"] == ingested["labels"]
+    assert both("w3")[1]["cached"], "the recomputed entry is a hit"
+
+
+def test_fetch_and_read_json_refuse_a_damaged_file(tmp_path):
+    cache = ArtifactCache(str(tmp_path / "cache"))
+    with cache.writer("ingest", "k") as folder:
+        (folder / "a.jsonl").write_text('{"x": 1}\n')
+        (folder / "meta.json").write_text('{"counts": {}}')
+    assert cache.read_json("ingest", "k", "meta.json") == {"counts": {}}
+    flip_byte(tmp_path / "cache" / "ingest" / "k" / "meta.json")
+    with pytest.raises(CorruptEntry, match=r"meta.json: 14 bytes with SHA-256 .*, written as 14 bytes"):
+        cache.read_json("ingest", "k", "meta.json")
+    truncate(tmp_path / "cache" / "ingest" / "k" / "a.jsonl")
+    with pytest.raises(CorruptEntry, match="a.jsonl: 4 bytes"):
+        cache.fetch("ingest", "k", "a.jsonl", tmp_path / "w")
+    assert cache.load("ingest", "k", lambda: cache.read_json("ingest", "k", "meta.json")) is None
     assert not cache.has("ingest", "k") and not (tmp_path / "cache" / "ingest" / "k").exists()

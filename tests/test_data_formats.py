@@ -151,3 +151,45 @@ def test_hub_dataset_that_cannot_be_reached_is_reported(hub_cache, monkeypatch):
     cfg = task(source="hub", hub={"name": "nobody/no-such-dataset", "config": "x"}, train="train", dev="validation")
     with pytest.raises(DataValidationError, match=r"hub:nobody/no-such-dataset/x\[train\]: tasks.t.train: cannot load"):
         ingest_task(cfg, None)
+
+
+BOM_FILES = {  # format -> (task type, file text, the first example's line and what it must read)
+    "tsv": ("sequence_classification", "sentence\tlabel\ngood film\t1\n", 2, ("good film", "1")),
+    "csv": ("sequence_classification", "sentence,label\ngood film,1\n", 2, ("good film", "1")),
+    "jsonl": ("sequence_classification", '{"sentence": "good film", "label": 1}\n', 1, ("good film", "1")),
+    "label_text": ("sequence_classification", "DESC:manner How did it go ?\n", 1,
+                   ("How did it go ?", "DESC:manner")),
+    "conll": ("token_classification", "EU B-ORG\nrejects O\n", 1, (["EU", "rejects"], ["B-ORG", "O"])),
+    "conllu": ("token_classification", "# text = Hi\n1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n", 2,
+               (["Hi"], ["INTJ"])),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(BOM_FILES))
+def test_a_byte_order_mark_is_read_as_one(fmt, write):
+    """Editors on Windows start UTF-8 files with EF BB BF: it must not become part of the first
+    column name, JSON line, comment, token or label."""
+    task_type, text, line, expected = BOM_FILES[fmt]
+    path = str(write(f"bom.{fmt}", b"\xef\xbb\xbf" + text.encode()))
+    [ex] = ingest_task(task(type=task_type, format=fmt, train=path, dev=path), None).splits["train"]
+    assert ((ex.tokens, ex.tags) if ex.tokens is not None else (ex.text, ex.label)) == expected
+    assert ex.line == line
+
+
+def test_utf16_with_its_byte_order_mark(write):
+    path = str(write("u16.tsv", "sentence\tlabel\ngood film\t1\n".encode("utf-16")))
+    [ex] = ingest_task(task(format="tsv", encoding="utf-16", train=path, dev=path), None).splits["train"]
+    assert (ex.text, ex.label) == ("good film", "1")
+
+
+def test_unknown_encoding_is_a_config_error():
+    with pytest.raises(ValueError, match="unknown encoding 'utf-9'"):
+        task(format="tsv", train="x", dev="y", encoding="utf-9")
+
+
+@pytest.mark.parametrize("delimiter", ["", ";;", '"', "\n"])
+def test_delimiter_is_one_character_other_than_a_quote_or_line_end(delimiter):
+    """csv refuses such a separator with a TypeError at read time; the config names it first."""
+    with pytest.raises(ValueError, match="delimiter"):
+        task(format="csv", train="x", dev="y", delimiter=delimiter)
+    assert task(format="csv", train="x", dev="y", delimiter=";").delimiter == ";"

@@ -25,3 +25,13 @@ def test_retrain_on_changed_data_keeps_the_champions_ids(write):
     assert v2.labels[:3] == v1.labels and v2.labels[3:] == ["B-LOC"]
     fresh = ingest_task(cfg, None)
     assert fresh.labels == ["B-LOC", "B-PER", "O"], "without the champion's list ids would shift"
+
+
+def test_declared_labels_order_the_ids_unless_the_champion_pins_them(write):
+    data = write("train.tsv", "sentence\tlabel\ngood\tpos\nbad\tneg\n")
+    cfg = TaskDataConfig(name="s", type="sequence_classification", format="tsv", train=str(data), dev=str(data),
+                         labels=["pos", "neg", "neutral"])
+    assert ingest_task(cfg, None).labels == ["pos", "neg", "neutral"], "declared order, unseen labels too"
+    assert ingest_task(cfg, None, previous_labels=["neg", "pos"]).labels == ["neg", "pos", "neutral"]
+    assert ingest_task(cfg, None, previous_labels=["gone", "pos"]).labels == ["gone", "pos", "neg", "neutral"]
+    assert build_label_list(["b"], None, ["c", "b", "a"]) == ["c", "b", "a"]

@@ -172,3 +172,30 @@ def test_retrain_flow_unchanged_with_corpora_on_s3(s3, tiny_encoder, tmp_path, p
     params = client.get_run(summary["run_id"]).data.params
     assert params["data_dir"] == f"s3://{BUCKET}"
     assert "testing-secret" not in repr(params) and "testing-secret" not in repr(summary)
+
+
+def test_damaged_s3_cache_entry_is_recomputed_not_loaded(s3, tmp_path, caplog):
+    """An object changed at rest in an `s3://` cache (a flipped byte, a truncation) fails its
+    checksum on download: logged, removed and recomputed; the damaged bytes never reach the run."""
+    import logging
+
+    from data_prep.cache import ArtifactCache
+    from data_prep.stage import ingest_cached, read_examples
+
+    cfg = TaskDataConfig(**{**SST2, "max_train_examples": 50})
+    cache = ArtifactCache("s3://cache/damaged", s3)
+    first = ingest_cached(cfg, f"s3://{BUCKET}", cache, tmp_path / "w1", s3)
+    entry = cache.location("ingest", first["key"])
+    sound = cache.fs.cat_file(f"{entry}/train.jsonl")
+    for name, spoil in (("train.jsonl", lambda b: b[:10] + bytes([b[10] ^ 1]) + b[11:]),
+                        ("meta.json", lambda b: b[: len(b) // 2])):
+        cache.fs.pipe_file(f"{entry}/{name}", spoil(cache.fs.cat_file(f"{entry}/{name}")))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="data_prep.cache"):
+            again = ingest_cached(cfg, f"s3://{BUCKET}", cache, tmp_path / name, s3)
+        assert again["cached"] is False and f"cache entry {entry} is damaged" in caplog.text
+        assert Path(again["splits"]["train"]).read_bytes() == sound
+        assert [e.text for e in read_examples(again["splits"]["train"])] == \
+            [e.text for e in read_examples(first["splits"]["train"])]
+    assert ingest_cached(cfg, f"s3://{BUCKET}", cache, tmp_path / "w3", s3)["cached"] is True
+    assert "testing-secret" not in caplog.text

@@ -79,10 +79,10 @@ def test_malformed_bio_reported_by_default_and_repaired_when_asked(write):
 
 
 def test_not_a_bio_tag(write):
-    train = write("train.conll", "EU ORG\n")
+    train = write("train.conll", "EU B-ORG\nrejects O\nPeter PER\n")
     text = refused(cfg(train, write("dev.conll", GOOD_CONLL), type="token_classification", format="conll",
                        label_scheme="bio"))
-    assert f"{train}:1: tags[0]: 'ORG' is not a BIO tag" in text
+    assert f"{train}:3: tags[2]: 'PER' is not a BIO tag" in text
 
 
 def test_undecodable_bytes_strict_by_default_lenient_when_asked(write):
@@ -160,3 +160,91 @@ def test_label_text_cannot_hold_a_pair_task(write):
     text = refused(cfg(write("train.label", "A b\n"), write("dev.label", "A b\n"), format="label_text",
                        type="sequence_pair_classification"))
     assert "tasks.t: format: label_text lines hold one text, not a pair" in text
+
+
+def test_empty_upos_is_refused_with_its_line(write):
+    word = "1\tHi\thi\tINTJ\tUH\t_\t0\troot\t_\t_\n"
+    train = write("train.conllu", "# text = Hi there\n" + word + "2\tthere\tthere\t\tRB\t_\t1\tadvmod\t_\t_\n\n"
+                  + word + "2\tyou\tyou\t_\tPRP\t_\t1\tobj\t_\t_\n")
+    text = refused(cfg(train, write("dev.conllu", word), type="token_classification", format="conllu"))
+    assert f"{train}:3: UPOS: empty" in text
+    assert f"{train}:6: UPOS: '_' (unannotated)" in text
+
+
+def test_empty_tag_in_records_is_refused(write):
+    rows = '{"tokens": ["EU", "rejects"], "tags": ["B-ORG", null]}\n{"tokens": ["a"], "tags": [" "]}\n'
+    train = write("train.jsonl", rows)
+    text = refused(cfg(train, train, type="token_classification", format="jsonl"))
+    assert f"{train}:1: tags[1]: empty tag" in text and f"{train}:2: tags[0]: empty tag" in text
+
+
+def test_declared_labels_refuse_any_other_value(write):
+    train = write("train.tsv", "sentence\tlabel\ngood film\t1\nbad film\t0\nodd film\tpositive\n")
+    text = refused(cfg(train, write("dev.tsv", GOOD_TSV), labels=[0, 1]))
+    assert f"{train}:4: label: 'positive' is not one of the declared labels ['0', '1']" in text
+    assert ingest_task(cfg(write("ok.tsv", GOOD_TSV), write("dev.tsv", GOOD_TSV), labels=["0", "1"]), None)
+
+
+def test_declared_labels_check_tags_with_their_line(write):
+    train = write("train.conll", "EU B-ORG\nrejects O\nBerlin B-CITY\n")
+    text = refused(cfg(train, write("dev.conll", GOOD_CONLL), type="token_classification", format="conll",
+                       label_scheme="bio", labels=["O", "B-ORG", "I-ORG", "B-PER", "I-PER"]))
+    assert f"{train}:3: tags[2]: 'B-CITY' is not one of the declared labels" in text
+
+
+def test_declared_labels_are_checked_in_the_config():
+    with pytest.raises(ValueError, match="labels: 'a' is declared twice"):
+        TaskDataConfig(name="t", type="sequence_classification", format="tsv", train="x", dev="y",
+                       labels=["a", "b", "a"])
+    with pytest.raises(ValueError, match="labels: an empty label"):
+        TaskDataConfig(name="t", type="sequence_classification", format="tsv", train="x", dev="y", labels=["a", " "])
+    with pytest.raises(ValueError, match="regression targets are numbers"):
+        TaskDataConfig(name="t", type="sequence_regression", format="tsv", train="x", dev="y", labels=["1"])
+    with pytest.raises(ValueError, match="labels: 'PER' is not a BIO tag"):
+        TaskDataConfig(name="t", type="token_classification", format="conll", train="x", dev="y",
+                       label_scheme="bio", labels=["O", "PER"])
+
+
+def conll_head(data_dir: Path, lines: int, keep_columns: int) -> str:
+    """The first lines of the real CoNLL-2003 train file (token POS chunk NER), cut to whole
+    sentences, keeping the first `keep_columns` columns."""
+    with open(data_dir / "ner_conll2003" / "train.txt", encoding="utf-8") as handle:
+        head = "".join(line for _, line in zip(range(lines), handle))
+    head = head[: head.rfind("\n\n") + 2]
+    return "".join(" ".join(line.split()[:keep_columns]) + "\n" for line in head.splitlines())
+
+
+def test_default_tag_column_on_a_chunk_column_is_refused(data_dir, write):
+    """Without its NER column, the last column of a CoNLL-2003 file is the chunk column, whose
+    B-NP/I-VP tags have the BIO shape; taking it as entity tags must be refused."""
+    full, cut = write("full.txt", conll_head(data_dir, 3000, 4)), write("cut.txt", conll_head(data_dir, 3000, 3))
+    ner = dict(type="token_classification", format="conll", label_scheme="bio")
+    loaded = ingest_task(cfg(full, full, **ner), None)  # the real layout with the default tag_column
+    assert "B-PER" in loaded.labels and "B-NP" not in loaded.labels
+    text = refused(cfg(cut, full, **ner))
+    assert f"{cut}:3: tag_column: column 2 (tag_column -1) holds phrase-chunk tags" in text
+    assert "no column looks like entity tags: point at a file with them, or set tag_column: 2" in text
+    assert "no examples found" not in text
+    chunking = ingest_task(cfg(cut, cut, tag_column=2, **ner), None)  # asked for explicitly: a chunking task
+    assert "B-NP" in chunking.labels
+
+
+def test_tag_column_that_is_not_bio_is_refused_once_with_a_better_column(data_dir, write):
+    reordered = "".join(" ".join([c[0], c[3], c[1]]) + "\n" if (c := line.split()) else "\n"
+                        for line in conll_head(data_dir, 400, 4).splitlines())  # token NER POS
+    train = write("train.txt", reordered)
+    text = refused(cfg(train, train, type="token_classification", format="conll", label_scheme="bio"))
+    assert f"{train}:3: tag_column: column 2 (tag_column -1) holds values that are not BIO tags" in text
+    assert "set tag_column: 1" in text
+    assert "is not a BIO tag" not in text, "one problem for the column, not one per token"
+
+
+def test_plain_tag_column_holding_words_is_refused(data_dir, write):
+    words = "".join(" ".join([c[1], c[0]]) + "\n" if (c := line.split()) and c[0] != "-DOCSTART-" else line + "\n"
+                    for line in conll_head(data_dir, 3000, 4).splitlines())  # POS then the word
+    train = write("train.txt", words)
+    text = refused(cfg(train, train, type="token_classification", format="conll"))
+    assert f"{train}:3: tag_column: column 1 (tag_column -1) holds" in text and "words, not tags" in text
+    assert "set token_column: 1 and tag_column: 0" in text
+    assert len(ingest_task(cfg(train, train, type="token_classification", format="conll", tag_column=1), None).labels) \
+        > 1000, "a tag column named in the config may hold a large tag set"
