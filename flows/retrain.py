@@ -15,7 +15,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
-                         register, task_affinity, tokenize, tokenize_metrics, train)
+                         data_params, register, task_affinity, tokenize, train)
 from training.task_spec import spec_for  # noqa: E402
 
 
@@ -52,8 +52,8 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
     metrics = evaluate(export_dir, specs, {n: r["splits"]["dev"] for n, r in ingested.items()},
                        config.training.eval_batch_size)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
-                          mlflow_params(config), metrics,
-                          {**tokenize_metrics(tokenized), **task_affinity(export_dir, features, config.affinity)})
+                          {**mlflow_params(config), **data_params(tokenized)}, metrics,
+                          task_affinity(export_dir, features, config.affinity))
     decision = promote(registered, specs, config.promotion)
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
     return {"model_name": registered["model_name"], "version": registered["version"],

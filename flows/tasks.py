@@ -17,8 +17,8 @@ from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model.multitask import resolve_encoder_path
 from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
-from training.release.registry import (champion_labels, default_artifact_root, promote_if_better, run_files,
-                               register_model, tracking_uri)
+from training.release.registry import (champion_labels, default_artifact_root, promote_if_better, redact_uri,
+                                      register_model, run_files, tracking_uri)
 from training.evaluation.evaluate import evaluate_model
 from training.launch.layout import RunLayout
 from training.launch.train import train_model
@@ -71,7 +71,7 @@ def ingest(tasks: list[TaskDataConfig], data_dir: str | None, run_dir: str, stor
     out = {t.name: ingest_cached(t, data_dir, cache, RunLayout(Path(run_dir)).data_dir, storage.s3, previous.get(t.name))
            for t in tasks}
     rows = [{"task": n, "labels": len(r["labels"]), **r["counts"], "cached": r["cached"]} for n, r in out.items()]
-    create_table_artifact(rows, key="ingest-counts", description="examples per task and split")
+    create_table_artifact(table(rows), key="ingest-counts", description="examples per task and split")
     get_run_logger().info("ingest: %s", ", ".join(f"{n} {'cached' if r['cached'] else 'read'}" for n, r in out.items()))
     return out
 
@@ -87,20 +87,25 @@ def tokenize(tasks: list[TaskDataConfig], ingested: dict[str, dict[str, Any]], e
                                    RunLayout(Path(run_dir)).data_dir) for t in tasks}
     rows = [{"task": n, **{k: v for k, v in r["stats"].items() if k != "label_distribution"},
              "labels": json.dumps(r["stats"]["label_distribution"]), "cached": r["cached"]} for n, r in out.items()]
-    create_table_artifact(rows, key="tokenize-stats", description="tokenized training inputs per task")
+    create_table_artifact(table(rows), key="tokenize-stats", description="tokenized training inputs per task")
     return out
 
 
-def tokenize_metrics(tokenized: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """Flat numbers for MLflow (`mlflow.log_metrics`): data.<task>.<stat> and label counts."""
-    flat: dict[str, float] = {}
+def data_params(tokenized: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Data statistics as MLflow params (facts about the run's inputs, not measurements of the
+    model): data.<task>.<stat>, and data.<task>.labels as the label counts in JSON."""
+    flat: dict[str, Any] = {}
     for name, result in tokenized.items():
         for stat, value in result["stats"].items():
-            if stat == "label_distribution":
-                flat.update({f"data.{name}.label.{label}": float(n) for label, n in value.items()})
-            else:
-                flat[f"data.{name}.{stat}"] = float(value)
+            key = f"data.{name}.labels" if stat == "label_distribution" else f"data.{name}.{stat}"
+            flat[key] = json.dumps(value, sort_keys=True) if stat == "label_distribution" else value
     return flat
+
+
+def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with every column any row has (a table artifact shows the first row's keys only)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    return [{key: row.get(key, "") for key in columns} for row in rows]
 
 
 @task(name="train", **TASK_DEFAULTS)
@@ -115,7 +120,7 @@ def evaluate(export_dir: str, specs: list[TaskSpec], dev_files: dict[str, str],
              batch_size: int) -> dict[str, dict[str, float]]:
     metrics = evaluate_model(export_dir, specs, dev_files, batch_size)
     rows = [{"task": t, **{k: round(v, 4) for k, v in m.items()}} for t, m in metrics.items()]
-    create_table_artifact(rows, key="dev-metrics", description="dev metrics of the trained model")
+    create_table_artifact(table(rows), key="dev-metrics", description="dev metrics of the trained model")
     get_run_logger().info("dev metrics: %s", json.dumps(metrics))
     return metrics
 
@@ -126,7 +131,7 @@ def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityC
     if settings.method == "off":
         return {}
     report = affinity_from_export(export_dir, features, settings.method, settings.rounds, settings.batch_size)
-    create_table_artifact(affinity_table(report), key="task-affinity",
+    create_table_artifact(table(affinity_table(report)), key="task-affinity",
                           description=f"{settings.method} affinity: row = task stepped on, column = task whose "
                                       "loss moves; positive = helps")
     get_run_logger().info("task affinity (%s):\n%s", settings.method, affinity_markdown(report))
@@ -139,10 +144,17 @@ def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: st
              data_metrics: dict[str, float]) -> dict[str, Any]:
     uri = tracking_uri(registry, state_dir)
     artifacts, logs = run_files(run_dir, export_dir)
+    links = {"mtl.prefect_flow_run_id": flow_run.get_id() or "", "mtl.prefect_flow_run_url": flow_run.ui_url or ""}
     registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name,
                                 export_dir, params, metrics, artifacts, promotion.challenger_alias, data_metrics,
-                                logs)
-    get_run_logger().info("registered %s version %s", registered.model_name, registered.version)
+                                logs, run_name=Path(run_dir).name, tags={k: v for k, v in links.items() if v})
+    get_run_logger().info("registered %s version %s (MLflow run %s)", registered.model_name, registered.version,
+                          registered.run_id)
+    create_markdown_artifact(
+        f"**{registered.model_name} v{registered.version}**: model `models:/{registered.model_name}/"
+        f"{registered.version}`, MLflow run `{registered.run_id}`"
+        + (f" ([open]({registered.run_url}))" if registered.run_url else "") + f", tracking `{redact_uri(uri)}`",
+        key="mlflow-run", description="where this flow run's model and metrics are in MLflow")
     return registered.__dict__
 
 

@@ -112,7 +112,7 @@ def test_flow_ingest_and_tokenize_from_s3_with_an_s3_cache(s3, tiny_encoder, tmp
 
     from flows.config import PipelineConfig
     from flows.retrain import mlflow_params
-    from flows.tasks import ingest, tokenize, tokenize_metrics
+    from flows.tasks import ingest, tokenize, data_params
 
     config = PipelineConfig.model_validate({
         "data_dir": f"s3://{BUCKET}", "encoder": {"name_or_path": str(tiny_encoder), "max_length": 32},
@@ -132,7 +132,7 @@ def test_flow_ingest_and_tokenize_from_s3_with_an_s3_cache(s3, tiny_encoder, tmp
     assert not any(r["cached"] for r in cold["tokenized"].values())
     assert all(r["cached"] for part in ("ingested", "tokenized") for r in warm[part].values())
     assert warm["tokenized"]["pos"]["stats"] == cold["tokenized"]["pos"]["stats"]
-    assert tokenize_metrics(warm["tokenized"])["data.sst2.examples"] == 60
+    assert data_params(warm["tokenized"])["data.sst2.examples"] == 60
     assert Path(warm["tokenized"]["pos"]["features"]).is_file()  # fetched for the local trainer
 
     async def artifacts() -> str:

@@ -39,6 +39,19 @@ def test_first_run_registers_champion(runs):
     assert "entity_f1" in first["metrics"]["ner"] and "macro_f1" in first["metrics"]["sst2"]
 
 
+def test_the_mlflow_run_is_linked_to_its_flow_run_and_has_training_curves(runs):
+    from pathlib import Path
+
+    first, _ = runs
+    client = MlflowClient(first["tracking_uri"])
+    run = client.get_run(first["run_id"])
+    assert run.info.run_name == Path(first["run_dir"]).name
+    flow_run_id = run.data.tags["mtl.prefect_flow_run_id"]
+    assert flow_run_id and Path(first["run_dir"]).name.endswith(flow_run_id)
+    assert [m.step for m in client.get_metric_history(first["run_id"], "train.lr")] == [3, 6, 9, 12]
+    assert "Gate" in client.get_model_version("tiny-mtl", "1").description
+
+
 def test_training_log_and_checkpoints(runs):
     first, _ = runs
     from pathlib import Path
@@ -88,8 +101,11 @@ def test_second_run_keeps_label_ids_and_logs_data_statistics(runs):
     first, second = runs
     for task in ("pos", "ner", "sst2"):
         assert json.loads(_labels(second, task)) == json.loads(_labels(first, task))
-    logged = MlflowClient(second["tracking_uri"]).get_run(second["run_id"]).data.metrics
-    assert logged["data.pos.examples"] == 128 and logged["data.ner.tokens"] > 0
+    run = MlflowClient(second["tracking_uri"]).get_run(second["run_id"])
+    params = run.data.params
+    assert params["data.pos.examples"] == "128" and int(params["data.ner.tokens"]) > 0
+    assert sum(json.loads(params["data.sst2.labels"]).values()) == 128
+    assert not [k for k in run.data.metrics if k.startswith("data.")]  # statistics are params, not metrics
 
 
 def test_task_affinity_matrix_is_logged(runs):

@@ -76,3 +76,20 @@ def test_champion_label_maps_come_from_the_registered_card(export, tmp_path):
     assert champion_labels(uri, "m", "champion") is None
     set_champion(uri, "m", reg.version)
     assert champion_labels(uri, "m", "champion") == {"pos": ["NOUN", "VERB"]}
+
+
+def test_tracking_uri_credentials_never_reach_a_link():
+    from training.release.registry import redact_uri, run_url
+
+    assert redact_uri("http://bob:s3cret@mlflow.internal:5000") == "http://***@mlflow.internal:5000"
+    assert redact_uri("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert run_url("https://u:p@mlflow.example/", "3", "abc") == "https://***@mlflow.example/#/experiments/3/runs/abc"
+    assert run_url("sqlite:////tmp/mlflow.db", "3", "abc") is None
+
+
+def test_table_artifacts_show_every_column():
+    from flows.tasks import table
+
+    rows = table([{"task": "pos", "accuracy": 0.9}, {"task": "ner", "accuracy": 0.8, "entity_f1": 0.7}])
+    assert [list(r) for r in rows] == [["task", "accuracy", "entity_f1"]] * 2
+    assert rows[0]["entity_f1"] == ""

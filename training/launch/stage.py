@@ -4,6 +4,7 @@ one that stopped resumes from its newest complete checkpoint (the worker's job).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def launcher_env() -> dict[str, str]:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not torch.cuda.is_available():
         env.setdefault("DS_ACCELERATOR", "cpu")
+    # DeepSpeed compiles its ops (shared-memory comm on CPU, CPU Adam) on first use: keep them beside
+    # the environment, as `make` does, so every worker of this installation finds them built
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     # the workers run `-m training.trainer.worker` from the launcher's working directory: make sure
     # they import this very package (not another installed copy) whatever that directory is
     root = str(Path(__file__).resolve().parents[2])
@@ -56,9 +60,14 @@ def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list
         hostfile = write_hostfile(layout.hostfile(stage.name), training.nodes, training.processes)
     port = training.master_port or free_port()
     cmd = launch_command(training, str(spec_path), port, hostfile)
+    env = launcher_env()
+    ops = Path(env["TORCH_EXTENSIONS_DIR"])
+    if not any(ops.rglob("*.so")):
+        log(f"DeepSpeed builds its ops into {ops} on first use: the first run of this installation waits "
+            "for the compiler (1-2 min), later runs reuse them")
     log("launching: " + " ".join(cmd))
     try:
-        run_launcher(cmd, launcher_env(), training.timeout_s, log)
+        run_launcher(cmd, env, training.timeout_s, log)
     finally:  # the workers release their buffers once started; this covers a run killed before
         if removed := remove_shm_buffers(port):
             log(f"removed {removed} shared-memory buffer(s) a stopped run left behind")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,23 @@ class Registered:
     run_id: str
     tracking_uri: str
     aliases: list[str] = field(default_factory=list)
+    run_url: str | None = None  # the run's page when the tracking URI is a server
+
+
+def redact_uri(uri: str) -> str:
+    """A tracking URI fit for a log or an artifact: credentials in it are replaced."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{redact_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
 def find_run(client: MlflowClient, experiment_id: str, run_key: str) -> str | None:
@@ -107,7 +125,8 @@ def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run
                    params: dict[str, Any], metrics: dict[str, dict[str, float]],
                    artifacts: dict[str, str], challenger_alias: str,
                    extra_metrics: dict[str, float] | None = None,
-                   training_logs: dict[str, str] | None = None) -> Registered:
+                   training_logs: dict[str, str] | None = None, run_name: str | None = None,
+                   tags: dict[str, str] | None = None) -> Registered:
     """Log params, metrics (dev metrics per task, plus e.g. data statistics), the training curves
     and the pyfunc model in one MLflow run; register one version."""
     mlflow.set_tracking_uri(uri)
@@ -117,7 +136,7 @@ def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run
     if run_id and (version := existing_version(client, cfg.model_name, run_id)):
         return _with_alias(client, cfg.model_name, version, run_id, uri, challenger_alias)
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id if run_id is None else None,
-                          tags={RUN_KEY: run_key}) as run:
+                          run_name=run_name if run_id is None else None, tags={**(tags or {}), RUN_KEY: run_key}) as run:
         mlflow.log_params(params)
         mlflow.log_metrics({metric_key(t, m): v for t, ms in metrics.items() for m, v in ms.items()})
         if extra_metrics:
@@ -153,7 +172,9 @@ def champion_labels(uri: str, model_name: str, alias: str) -> dict[str, list[str
 def _with_alias(client: MlflowClient, name: str, version: ModelVersion, run_id: str, uri: str,
                 alias: str) -> Registered:
     client.set_registered_model_alias(name, alias, version.version)
-    return Registered(name, str(version.version), run_id, uri, aliases_of(client, name, version.version))
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return Registered(name, str(version.version), run_id, uri, aliases_of(client, name, version.version),
+                      run_url(uri, experiment_id, run_id))
 
 
 def _requirements() -> list[str]:
@@ -201,7 +222,12 @@ def promote_if_better(uri: str, model_name: str, version: str, primary: dict[str
         return True, []
     reasons = [] if champion is None else gate(version_metrics(client, candidate), version_metrics(client, champion),
                                                primary, promotion.tolerance)
-    client.set_model_version_tag(model_name, version, "mtl.gate", "passed" if not reasons else "; ".join(reasons))
+    verdict = "passed" if not reasons else "; ".join(reasons)
+    client.set_model_version_tag(model_name, version, "mtl.gate", verdict)
+    against = "no champion yet" if champion is None else f"against {promotion.alias} v{champion.version}"
+    client.update_model_version(model_name, version, description=(
+        f"Gate {against}, tolerance {promotion.tolerance}: "
+        + ("passed, promoted to " + promotion.alias if not reasons else "refused: " + verdict)))
     if reasons:
         return False, reasons
     set_champion(uri, model_name, version, promotion.alias)
