@@ -16,7 +16,8 @@ from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
 from training.config import (DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig,
-                             TrainingConfig, deepspeed_problems, training_problems)
+                             TrainingConfig, batching_problems, deepspeed_problems,
+                             training_problems)
 from training.compat import combination_problems
 from training.affinity import AffinityConfig
 from training.registries import lookup
@@ -113,6 +114,7 @@ def semantic_problems(cfg: PipelineConfig) -> list[str]:
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: task name {dup!r} is used more than once; names must be unique")
     problems += deepspeed_problems(cfg.deepspeed) + training_problems(cfg.training)
+    problems += batching_problems(cfg.training, cfg.encoder)
     issues = IssueCollector()
     for index, task in enumerate(cfg.tasks):
         check_task_config(task, cfg.resolved_data_dir(), issues, cfg.storage.s3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import DeepSpeedConfig, TrainingConfig
+from training.config import DeepSpeedConfig, TrainingConfig, engine_plan
 from training.sharing import SHARING
 from training.weighting import WEIGHTINGS
 
@@ -15,8 +15,9 @@ def combination_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, t
     problems: list[str] = []
     if deepspeed.config_file and not Path(deepspeed.config_file).is_file():
         return problems  # the missing file is reported on its own; nothing to combine with yet
-    effective = deepspeed.resolved()  # a ZeRO stage or precision may come from the JSON file
-    facts = (tasks, effective.zero_stage, effective.precision)
+    # a ZeRO stage or precision may come from the JSON file, an auto stage from the process count
+    plan = engine_plan(deepspeed, training.processes * training.nodes)
+    facts = (tasks, plan.zero_stage, plan.precision)
     if training.sharing in SHARING:
         problems += SHARING[training.sharing].config_problems(training.sharing_params, *facts)  # type: ignore[attr-defined]
     if training.weighting in WEIGHTINGS:

@@ -9,8 +9,8 @@ import torch
 
 from data_prep.stage import atomic_write_text, read_examples
 from training.checkpoints import is_remote
-from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, deepspeed_problems,
-                             training_problems)
+from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, batching_problems,
+                             deepspeed_problems, training_problems)
 from training.evaluate import evaluate_task
 from training.export import CARD
 from training.launcher import free_port, launch_command, remove_shm_buffers, run_launcher, write_hostfile
@@ -49,7 +49,7 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
     checkpoint of this run if there is one. Returns the exported model folder (written by node 0).
     A staged strategy (e.g. `transfer`) runs its own stages, each through this function;
     `init_from` starts the model from an export's weights."""
-    if problems := deepspeed_problems(deepspeed) + training_problems(training):
+    if problems := deepspeed_problems(deepspeed) + training_problems(training) + batching_problems(training, encoder):
         raise ValueError("; ".join(problems))
     stages = getattr(lookup(SHARING, training.sharing, "sharing strategy"), "train_stages", None)
     if stages is not None:
