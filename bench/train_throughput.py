@@ -41,7 +41,7 @@ import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
+from contextlib import nullcontext, suppress  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Literal  # noqa: E402
@@ -201,16 +201,21 @@ def plain_step(model: MultiTaskModel, arm: Arm, train: TrainingConfig, device: s
     return step
 
 
-def build_arm(arm: Arm, template: MultiTaskModel, train: TrainingConfig,
-              device: str) -> tuple[Callable[[str, dict], Any], dict[str, Any]]:
-    """The step function of a configuration and what it runs (the engine's own description)."""
+Built = tuple[Callable[[str, dict], Any], dict[str, Any], Callable[[], None]]
+
+
+def build_arm(arm: Arm, template: MultiTaskModel, train: TrainingConfig, device: str) -> Built:
+    """The step function of a configuration, what it runs (the engine's own description) and
+    what releases it."""
     model = copy.deepcopy(template)
     if arm.loop == "plain":
         return plain_step(model, arm, train, device), {"loop": "plain", "precision": arm.precision,
-                                                        "optimizer": "AdamW (fused)" if arm.fused else "AdamW"}
+                                                        "optimizer": "AdamW (fused)" if arm.fused else "AdamW"}, \
+            lambda: None
     engine = Engine(model, arm.deepspeed(), train)
     engine.train()
-    return (lambda task, batch: engine.train_micro_step(task, batch, 1.0)), {"loop": "pipeline", **engine.describe()}
+    return (lambda task, batch: engine.train_micro_step(task, batch, 1.0)), \
+        {"loop": "pipeline", **engine.describe()}, engine.close
 
 
 def real_tokens(run: list[Step]) -> int:
@@ -228,7 +233,7 @@ def interleaved(arms: list[Arm], template: MultiTaskModel, train: TrainingConfig
     built = {arm.name: build_arm(arm, template, train, device) for arm in arms}
     totals = {name: [0, 0.0] for name in built}
     for first in range(0, len(run), block):
-        for name, (step, _) in built.items():
+        for name, (step, _, _) in built.items():
             synchronize(device)
             started = time.perf_counter()
             for task, batch in run[first:first + block]:
@@ -237,7 +242,9 @@ def interleaved(arms: list[Arm], template: MultiTaskModel, train: TrainingConfig
             if first:  # the first block of each configuration is warm-up
                 totals[name][0] += real_tokens(run[first:first + block])
                 totals[name][1] += time.perf_counter() - started
-    return {n: t / s for n, (t, s) in totals.items()}, {n: d for n, (_, d) in built.items()}
+    for _, _, close in built.values():
+        close()
+    return {n: t / s for n, (t, s) in totals.items()}, {n: d for n, (_, d, _) in built.items()}
 
 
 def sequential(arms: list[Arm], template: MultiTaskModel, train: TrainingConfig, run: list[Step], block: int,
@@ -246,8 +253,9 @@ def sequential(arms: list[Arm], template: MultiTaskModel, train: TrainingConfig,
     in memory at a time. A configuration that fails is reported and the others go on."""
     speed, described = {}, {}
     for arm in arms:
+        close: Callable[[], None] = lambda: None  # noqa: E731
         try:
-            step, described[arm.name] = build_arm(arm, template, train, device)
+            step, described[arm.name], close = build_arm(arm, template, train, device)
             for task, batch in run[:block]:
                 step(task, batch)
             synchronize(device)
@@ -260,6 +268,8 @@ def sequential(arms: list[Arm], template: MultiTaskModel, train: TrainingConfig,
             described[arm.name] = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
             print(f"configuration {arm.name} failed: {described[arm.name]['error']}", flush=True)
         finally:
+            with suppress(RuntimeError, AttributeError):  # a broken configuration must not stop the others
+                close()
             step = None  # noqa: F841  (drop the model before the next one is built)
             gc.collect()
             if device == "cuda":
@@ -318,14 +328,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--configs", default=None,
                         help=f"comma-separated configurations (default: CPU {CPU_ARMS}; CUDA all but "
                              f"plain_fp32_default_adamw); choices: {list(ARMS)}")
+    parser.add_argument("--schedule", choices=["auto", "interleaved", "sequential"], default="auto",
+                        help="auto: interleaved blocks on CPU (the load of a shared machine drifts), each "
+                             "configuration alone on a GPU (one model in memory at a time)")
     parser.add_argument("--steps", type=int, default=48, help="steps per configuration, warm-up block included")
     parser.add_argument("--block", type=int, default=4, help="steps per block (the first one warms up)")
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=None, help="token budget per micro-batch instead of rows")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per input (default: the demo's)")
     parser.add_argument("--examples", type=int, default=2000, help="training examples per task")
-    parser.add_argument("--tiny-steps", type=int, default=96,
+    parser.add_argument("--tiny-steps", type=int, default=480,
                         help="CPU: steps per configuration of the tiny-encoder overhead case; 0 skips it")
+    parser.add_argument("--tiny-block", type=int, default=16,
+                        help="CPU: steps per block of the tiny case (its steps take milliseconds: short "
+                             "blocks would time the machine's scheduling more than the step)")
     parser.add_argument("--memory-steps", type=int, default=3,
                         help="CPU: 0 skips the memory runs; else at least 2: ZeRO 0's peak (gradients beside "
                              "the optimizer's state, which its first step creates) comes at the second step")
@@ -335,17 +351,18 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.memory_steps == 1:
         parser.error("--memory-steps 1 would miss ZeRO 0's peak, which comes at the second step: use 0 or >= 2")
-    if args.steps <= args.block:
-        parser.error("--steps must be more than --block: the first block only warms up")
+    if args.steps <= args.block or (args.tiny_steps and args.tiny_steps <= args.tiny_block):
+        parser.error("--steps (--tiny-steps) must be more than --block (--tiny-block): the first block only warms up")
     return args
 
 
 def measure(encoder: str, arms: list[Arm], run: list[Step], specs: list[TaskSpec], train: TrainingConfig,
-            args: argparse.Namespace, tokenizer: str, dropout: float, work: Path) -> dict[str, Any]:
+            args: argparse.Namespace, tokenizer: str, dropout: float, work: Path, block: int) -> dict[str, Any]:
     template = template_model(encoder, tokenizer, specs, train, dropout, work)
     params = sum(p.numel() for p in template.parameters())
-    timed = sequential if DEVICE == "cuda" else interleaved
-    speed, described = timed(arms, template, train, run, args.block, DEVICE)
+    schedule = args.schedule if args.schedule != "auto" else "sequential" if DEVICE == "cuda" else "interleaved"
+    timed = sequential if schedule == "sequential" else interleaved
+    speed, described = timed(arms, template, train, run, block, DEVICE)
     return {"encoder": encoder, "parameters": params, "real_tokens_per_step": round(real_tokens(run) / len(run), 1),
             "configurations": configurations(arms, speed, described, params, DEVICE), "speed": speed}
 
@@ -379,13 +396,14 @@ def main() -> None:
     # launched memory runs after it must not inherit it
     with single_process_world():
         t0 = time.perf_counter()
-        main_result = measure(encoder, arms, run, specs, train, args, tokenizer, demo.encoder.dropout, work)
+        main_result = measure(encoder, arms, run, specs, train, args, tokenizer, demo.encoder.dropout, work,
+                              args.block)
         t1 = time.perf_counter()
         if DEVICE == "cpu" and args.tiny_steps:
             tiny_train = train.model_copy(update={"steps": args.tiny_steps})
             tiny_run = batches(tiny_train, features, pad_id, grouped=True)
             tiny = measure("tiny", [ARMS[n] for n in TINY_ARMS], tiny_run, specs, tiny_train, args, tokenizer,
-                           demo.encoder.dropout, work)
+                           demo.encoder.dropout, work, args.tiny_block)
         t2 = time.perf_counter()
     memory = launched_memory(demo.encoder, specs, features, train, work, args.memory_steps) \
         if DEVICE == "cpu" and args.memory_steps and args.encoder_config == "demo" else {}
@@ -396,6 +414,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    print("=== table ===")
     print(table(result))
 
 

@@ -220,6 +220,12 @@ class Engine:
             "world_size": self.engine.world_size,
         }
 
+    def close(self) -> None:
+        """Remove DeepSpeed's gradient hooks: ZeRO's hold the model through the autograd graph,
+        which the garbage collector cannot see, so an in-process run (bench, tests) that builds
+        engines one after another would keep every model until the process ends."""
+        self.engine.destroy()
+
     @property
     def rank(self) -> int:
         return dist.get_rank() if dist.is_initialized() else 0
