@@ -187,7 +187,9 @@ class Engine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=optimizer, config=ds_config)
         if train.compile:
-            self.engine.compile()  # nn.Module.compile: in place, so state-dict keys stay as they are
+            # nn.Module.compile: in place, so state-dict keys stay as they are; batch shapes vary step
+            # to step (rows and padded length), so one graph with symbolic sizes from the start
+            self.engine.compile(compile_kwargs={"dynamic": True})
         self.clipped_params = [p for p in self.engine.module.parameters() if p.requires_grad]
         self.master_bytes_shared = share_zero3_master_weights(self.engine.optimizer) if self.zero_stage == 3 else 0
         if self.zero_stage == 0 and self.engine.world_size == 1:
