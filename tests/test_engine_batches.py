@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.trainer.batches import TaskBatches, padding_efficiency
 
@@ -52,3 +53,48 @@ def test_grouped_order_is_random_and_resumes_exactly():
     # batch lengths are not sorted across the epoch: buckets and batches are shuffled
     widths = [b["input_ids"].shape[1] for b in batches]
     assert widths != sorted(widths) and widths != sorted(widths, reverse=True)
+
+
+def budget_batches(data: dict, rank: int, world: int, seed: int = 5, grouped: bool = True) -> TaskBatches:
+    return TaskBatches(data, 8, rank, world, seed=seed, pad_id=0, group_by_length=grouped, bucket_batches=16,
+                       max_tokens=160)
+
+
+def test_token_budget_batches_stay_within_the_budget_and_cover_each_epoch_once():
+    data = {"a": varied(640)}
+    ranks = [budget_batches(data, r, 2) for r in range(2)]
+    per_epoch = len(ranks[0]._epoch("a", 0))
+    seen: list[int] = []
+    rows: list[int] = []
+    for _ in range(per_epoch):
+        pair = [r.next("a") for r in ranks]
+        for batch in pair:
+            assert batch["input_ids"].numel() <= 160  # rows x padded length
+        assert len(ids(pair[0])) == len(ids(pair[1]))  # every rank takes the same number of rows
+        assert not set(ids(pair[0])) & set(ids(pair[1]))
+        seen += ids(pair[0]) + ids(pair[1])
+        rows.append(len(ids(pair[0])))
+    assert sorted(seen) == [1000 + i for i in range(640)]
+    assert max(rows) > 2 * min(rows)  # short rows come in larger batches
+    assert padding_efficiency([r.next("a") for r in ranks for _ in range(20)]) > 0.9
+    ungrouped = budget_batches(data, 0, 1, grouped=False)
+    assert all(ungrouped.next("a")["input_ids"].numel() <= 160 for _ in range(200))  # crosses epochs
+
+
+def test_token_budget_batches_resume_exactly_across_epochs():
+    data = {"a": varied(320), "b": varied(160, seed=1)}
+    tasks = "abaabbab" * 12  # several epochs of b
+    full = budget_batches(data, 1, 2, seed=3)
+    order = [ids(full.next(t)) for t in tasks]
+    head = budget_batches(data, 1, 2, seed=3)
+    for t in tasks[:70]:
+        head.next(t)
+    resumed = budget_batches(data, 1, 2, seed=3)
+    resumed.load_state_dict(head.state_dict())
+    assert [ids(resumed.next(t)) for t in tasks[70:]] == order[70:]
+    assert [ids(budget_batches(data, 1, 2, seed=4).next(t)) for t in tasks] != order
+
+
+def test_a_row_longer_than_the_budget_is_refused():
+    with pytest.raises(ValueError, match="training.max_tokens: task 'a' has a row of"):
+        TaskBatches({"a": varied(40)}, 8, 0, 1, seed=0, pad_id=0, max_tokens=30)

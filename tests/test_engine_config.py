@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import DeepSpeedConfig, TrainingConfig, deepspeed_problems, training_problems
+from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, batching_problems, deepspeed_problems,
+                             engine_plan, training_problems)
 from training.trainer.engine import deepspeed_config
 from training.launch.launcher import launch_command
 
@@ -38,7 +39,7 @@ def test_explicit_fields_win_over_the_file():
     out = deepspeed_config(ds, TrainingConfig())
     assert "offload_param" not in out["zero_optimization"] and out["bf16"]["enabled"]
     assert DeepSpeedConfig(config_file=str(ROOT / "infra/deepspeed/zero1.json")).resolved().zero_stage == 1
-    assert DeepSpeedConfig().resolved().zero_stage == 2
+    assert DeepSpeedConfig().resolved().zero_stage == "auto"  # chosen per process count: engine_plan
 
 
 def test_fp16_without_cuda_is_refused_with_a_reason():
@@ -49,7 +50,8 @@ def test_fp16_without_cuda_is_refused_with_a_reason():
 
 
 def test_impossible_offload_and_multi_node_settings_are_refused(tmp_path):
-    assert "only in ZeRO stage 3" in deepspeed_problems(DeepSpeedConfig(offload_params=True), cuda=False)[0]
+    pinned = DeepSpeedConfig(zero_stage=2, offload_params=True)
+    assert "only in ZeRO stage 3" in deepspeed_problems(pinned, cuda=False)[0]
     assert "stage 1, 2 or 3" in deepspeed_problems(
         DeepSpeedConfig(zero_stage=0, offload_optimizer=True), cuda=False)[0]
     assert "not found" in deepspeed_problems(DeepSpeedConfig(config_file=str(tmp_path / "x.json")))[0]
@@ -75,3 +77,65 @@ def test_bucket_sizes_scale_with_the_model_and_keep_zero_alignment(num_params):
         # ZeRO-1/2 assert the all-gather bucket is a multiple of their start alignment
         assert zero[key] % 1024 == 0, (key, zero[key])
         assert 1e6 - 1024 <= zero[key] <= 5e8
+
+
+@pytest.mark.parametrize("fields, world, stage, reason", [
+    ({}, 1, 0, "auto: one process"),
+    ({}, 4, 2, "auto: 4 processes"),
+    ({"offload_params": True, "offload_optimizer": True}, 1, 3, "auto: parameter offload"),
+    ({"offload_optimizer": True}, 1, 2, "auto: optimizer offload"),
+    ({"zero_stage": 2}, 1, 2, "pinned by deepspeed.zero_stage"),
+    ({"config_file": str(ROOT / "infra/deepspeed/zero1.json")}, 1, 1, "pinned by deepspeed.config_file"),
+], ids=["one-process", "four-processes", "param-offload", "optimizer-offload", "pinned", "pinned-by-file"])
+def test_zero_stage_by_need_and_the_reason(fields, world, stage, reason):
+    plan = engine_plan(DeepSpeedConfig(**fields), world)
+    assert (plan.zero_stage, plan.mixed_precision) == (stage, "none")
+    assert plan.zero_stage_reason.startswith(reason)
+    cfg = deepspeed_config(DeepSpeedConfig(**fields), TrainingConfig(), world_size=world)
+    assert cfg["zero_optimization"]["stage"] == stage
+
+
+@pytest.mark.parametrize("fields, world, path", [
+    ({"precision": "bf16"}, 1, "autocast"),  # stage 0: fp32 parameters are the master copy
+    ({"precision": "bf16", "zero_stage": 2}, 1, "autocast"),  # pinned stage, but one process partitions nothing
+    ({"precision": "bf16"}, 2, "deepspeed"),  # ZeRO-2 partitions: 16-bit parameters save memory
+    ({"precision": "bf16", "zero_stage": 0}, 2, "autocast"),
+    ({"precision": "bf16", "offload_optimizer": True}, 1, "deepspeed"),
+    ({"precision": "bf16", "mixed_precision": "deepspeed"}, 1, "deepspeed"),
+    ({"precision": "fp16", "zero_stage": 0}, 1, "autocast"),
+], ids=["bf16-one", "bf16-zero2-one", "bf16-two", "bf16-zero0-two", "bf16-offload", "bf16-pinned", "fp16-zero0"])
+def test_mixed_precision_path_and_the_deepspeed_sections_it_writes(fields, world, path):
+    ds = DeepSpeedConfig(**fields)
+    assert engine_plan(ds, world).mixed_precision == path
+    cfg = deepspeed_config(ds, TrainingConfig(), world_size=world)
+    low = "bf16" if ds.precision == "bf16" else "fp16"
+    assert cfg[low]["enabled"] == (path == "deepspeed")
+    assert cfg["torch_autocast"] == {"enabled": path == "autocast",
+                                     "dtype": "bfloat16" if low == "bf16" else "float16"}
+    # DeepSpeed's default throughput timer would wait for the device twice a step
+    assert cfg["timers"]["throughput"]["enabled"] is False
+
+
+def test_a_file_with_torch_autocast_pins_the_autocast_path(tmp_path):
+    path = tmp_path / "autocast.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 2}, "torch_autocast": {"enabled": True,
+                                                                                     "dtype": "bfloat16"}}))
+    plan = engine_plan(DeepSpeedConfig(config_file=str(path)), 4)
+    assert (plan.zero_stage, plan.precision, plan.mixed_precision) == (2, "bf16", "autocast")
+    assert plan.mixed_precision_reason == "pinned by deepspeed.config_file"
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"bf16": {"enabled": True}, "torch_autocast": {"enabled": True}}))
+    (problem,) = deepspeed_problems(DeepSpeedConfig(config_file=str(both)), cuda=False)
+    assert problem.startswith("deepspeed.config_file:") and "torch_autocast and a bf16/fp16" in problem
+
+
+def test_precision_and_batching_settings_that_cannot_run_are_refused():
+    (problem,) = deepspeed_problems(DeepSpeedConfig(mixed_precision="autocast"), cuda=False)
+    assert problem.startswith("deepspeed.mixed_precision:") and "set precision: bf16 or fp16" in problem
+    assert deepspeed_problems(DeepSpeedConfig(precision="bf16", mixed_precision="autocast"), cuda=False) == []
+    assert deepspeed_problems(DeepSpeedConfig(offload_params=True), cuda=False) == []  # auto picks stage 3
+    encoder = EncoderConfig(max_length=128)
+    (problem,) = batching_problems(TrainingConfig(max_tokens=100), encoder)
+    assert problem.startswith("training.max_tokens: 100 is below encoder.max_length (128)")
+    assert batching_problems(TrainingConfig(max_tokens=128), encoder) == []
+    assert batching_problems(TrainingConfig(), encoder) == []

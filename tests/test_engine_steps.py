@@ -175,3 +175,52 @@ def test_resuming_a_checkpoint_of_an_unfused_adamw_keeps_clipping(world_of_one, 
     assert resumed.fused_optimizer is None and resumed.describe()["clipping_in"] == "engine"
     for task, batch in steps[2:]:
         assert torch.isfinite(torch.tensor(micro_step(resumed)(task, batch)))
+
+
+def test_bf16_autocast_trains_fp32_master_weights_with_one_fused_step(world_of_one, tiny_encoder):
+    """One process, bf16: the forward runs under autocast (matmuls in bf16), the parameters stay
+    fp32 and are their own master copy, and the fused AdamW steps them with the engine's clipping;
+    the losses follow fp32 training closely."""
+    torch.manual_seed(0)
+    fp32 = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(), TRAIN)
+    fp32.train()
+    expected = losses_of(micro_step(fp32))
+    torch.manual_seed(0)
+    bf16 = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(precision="bf16"), TRAIN)
+    described = bf16.describe()
+    assert (described["zero_stage"], described["mixed_precision"]) == (0, "autocast")
+    assert described["optimizer"] == "AdamW (fused)" and described["clipping_in"] == "fused optimizer step"
+    assert bf16.engine.optimizer is bf16.fused_optimizer  # no DeepSpeed bf16 wrapper around it
+    matmul_dtypes: list[torch.dtype] = []
+    query = bf16.engine.module.sharing.encoder.encoder.layer[0].attention.self.query
+    query.register_forward_hook(lambda module, args, out: matmul_dtypes.append(out.dtype))
+    bf16.train()
+    got = losses_of(micro_step(bf16))
+    assert set(matmul_dtypes) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in bf16.engine.module.parameters())
+    assert got == pytest.approx(expected, rel=2e-2)
+    assert got != expected  # bf16 arithmetic did run
+
+
+def test_the_engine_says_which_stage_it_chose_and_why(world_of_one, tiny_encoder):
+    auto = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(), TRAIN)
+    described = auto.describe()
+    assert described["zero_stage"] == 0 and described["zero_stage_reason"].startswith("auto: one process")
+    assert described["attention"] == "sdpa"
+    pinned = Engine(build_model(str(tiny_encoder), SPECS, "hard", 0.1), DeepSpeedConfig(zero_stage=2), TRAIN)
+    assert (pinned.describe()["zero_stage"], pinned.describe()["zero_stage_reason"]) == (
+        2, "pinned by deepspeed.zero_stage")
+
+
+def test_compile_is_in_place_so_checkpoint_keys_stay(world_of_one, tiny_encoder):
+    model = build_model(str(tiny_encoder), SPECS, "hard", 0.1)
+    keys = sorted(model.state_dict())
+    engine = Engine(model, DeepSpeedConfig(), TRAIN.model_copy(update={"compile": True}))
+    assert engine.engine.is_compiled and engine.describe()["compile"] is True
+    assert sorted(engine.engine.module.state_dict()) == keys
+
+
+def test_the_attention_implementation_can_be_chosen(tiny_encoder):
+    assert build_model(str(tiny_encoder), SPECS, "hard", 0.1).encoder_config._attn_implementation == "sdpa"
+    eager = build_model(str(tiny_encoder), SPECS, "hard", 0.1, attn_implementation="eager")
+    assert eager.encoder_config._attn_implementation == "eager"

@@ -1,5 +1,5 @@
-"""ZeRO 1, 2 and 3 (bf16 on CPU, and ZeRO-3 with optimizer and parameter offload to the CPU too)
-each train the tiny demo tasks with 2 real DeepSpeed processes."""
+"""ZeRO 0 (bf16 autocast, token-budget batches), 1, 2 and 3 (bf16 on CPU, and ZeRO-3 with optimizer
+and parameter offload to the CPU too) each train the tiny demo tasks with 2 real DeepSpeed processes."""
 from __future__ import annotations
 
 import json
@@ -23,16 +23,23 @@ def tasks(tiny_encoder, data_dir, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("deepspeed", [
+    {"zero_stage": 0, "precision": "bf16", "training": {"max_tokens": 96}},  # autocast, engine clipping
     {"zero_stage": 1},
     {"config_file": str(ROOT / "infra/deepspeed/zero2_bf16.json")},  # stage 2 and bf16 from the file
     {"zero_stage": 3, "gradient_accumulation_steps": 2},
     {"zero_stage": 3, "offload_optimizer": True, "offload_params": True},  # DeepSpeed's CPU Adam
-], ids=["zero1", "zero2-bf16-file", "zero3-accum2", "zero3-offload"])
+], ids=["zero0-bf16-autocast-max-tokens", "zero1", "zero2-bf16-file", "zero3-accum2", "zero3-offload"])
 def test_zero_stage_trains_and_exports(tiny_encoder, tasks, tmp_path, deepspeed):
     log: list[str] = []
-    export = train(tiny_encoder, tasks, tmp_path / "run", deepspeed, log)
+    deepspeed = dict(deepspeed)
+    training = deepspeed.pop("training", {})
+    export = train(tiny_encoder, tasks, tmp_path / "run", deepspeed, log, **training)
     described = json.loads(next(l for l in log if l.startswith("engine "))[len("engine "):])
-    assert described["zero_stage"] == (deepspeed.get("zero_stage") or 2)
+    assert described["zero_stage"] == deepspeed.get("zero_stage", 2)
+    bf16 = deepspeed.get("precision") == "bf16" or "bf16" in deepspeed.get("config_file", "")
+    # 2 processes: autocast where ZeRO partitions nothing (stage 0), DeepSpeed's bf16 optimizer otherwise
+    assert described["mixed_precision"] == ("none" if not bf16 else "autocast" if described["zero_stage"] == 0
+                                            else "deepspeed")
     offload = deepspeed.get("offload_optimizer", False)
     assert (described["offload_optimizer"], described["offload_params"]) == (offload, offload)
     assert described["optimizer"] == ("DeepSpeedCPUAdam" if offload else "AdamW (fused)")
@@ -41,6 +48,9 @@ def test_zero_stage_trains_and_exports(tiny_encoder, tasks, tmp_path, deepspeed)
     rows = metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     assert all(math.isfinite(r["loss"]) for r in rows)
+    if "max_tokens" in training:  # 2 steps per logged window, 2 processes, each micro-batch within budget
+        # (4-row micro-batches of these tasks would pad to far more)
+        assert all(r["tokens"] <= 2 * 2 * training["max_tokens"] for r in rows)
     assert rows[-1]["lr"] < rows[1]["lr"]  # warmup then decay
     assert any("training.trainer.worker" in line for line in log)
     model, _, _ = load_export(export)  # strict: every weight of the model is in the export

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,13 +18,25 @@ class EncoderConfig(BaseModel):
     )
     max_length: int = Field(128, ge=8, le=4096, description="tokens per encoder input")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout before each head")
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="attention kernels: auto lets the encoder pick (SDPA for BERT-like encoders, "
+                            "eager where it has none); sdpa: torch's fused attention (padding is masked, not "
+                            "skipped: length-grouped or token-budget batches keep it small); eager: plain "
+                            "matmul and softmax")
 
 
 class TrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(600, gt=0, description="optimizer steps")
-    micro_batch_size: int = Field(16, gt=0, description="examples per process per micro-step")
+    micro_batch_size: int = Field(16, gt=0, description="examples per process per micro-step; with max_tokens "
+                                  "it only sizes the length buckets")
+    max_tokens: int | None = Field(
+        None, gt=0, description="token budget per process per micro-step: rows x padded length stays within "
+                                "it, so short rows come in larger batches; at least encoder.max_length. None: "
+                                "micro_batch_size rows per micro-step")
+    compile: bool = Field(False, description="torch.compile the model in place (checkpoints unchanged); each "
+                                             "task's first steps compile, so it pays off on long runs only")
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(30, ge=0)
@@ -71,11 +84,25 @@ class TrainingConfig(BaseModel):
     threads_per_process: int | None = Field(None, ge=1, description="torch threads per process on CPU")
 
 
+ZERO_STAGE_RULE = ("auto: parameter offload -> 3, optimizer offload -> 2, one process -> 0 (a stage would "
+                   "partition over one process: no memory saved, a cost every step), several processes -> 2; "
+                   "a number pins the stage")
+MIXED_PRECISION_RULE = ("how bf16/fp16 run. autocast: fp32 parameters as their own master copy, the forward "
+                        "under torch.autocast, one fused optimizer step; deepspeed: DeepSpeed's bf16/fp16 "
+                        "optimizer (16-bit parameters, fp32 master copy: 2 bytes per parameter less, what ZeRO "
+                        "partitions); auto: autocast where ZeRO partitions nothing (stage 0, or one process "
+                        "without offload), deepspeed otherwise")
+
+
+FP16_NAMES = ("fp16", "float16", "half", "torch.float16")  # DeepSpeed's spellings of the fp16 dtype
+
+
 class DeepSpeedConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    zero_stage: Literal["auto", 0, 1, 2, 3] = Field("auto", description=ZERO_STAGE_RULE)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    mixed_precision: Literal["auto", "autocast", "deepspeed"] = Field("auto", description=MIXED_PRECISION_RULE)
     gradient_accumulation_steps: int = Field(1, ge=1)
     gradient_clipping: float = Field(1.0, ge=0)
     offload_optimizer: bool = False
@@ -97,7 +124,13 @@ class DeepSpeedConfig(BaseModel):
         if "stage" in zero:
             from_file["zero_stage"] = zero["stage"]
         if base.get("bf16", {}).get("enabled") or base.get("fp16", {}).get("enabled"):
+            # a 16-bit section names the precision; whether DeepSpeed's 16-bit optimizer or autocast
+            # runs it is mixed_precision's choice (auto: by the stage and the number of processes)
             from_file["precision"] = "bf16" if base.get("bf16", {}).get("enabled") else "fp16"
+        elif base.get("torch_autocast", {}).get("enabled"):
+            dtype = str(base["torch_autocast"].get("dtype", "bfloat16"))
+            from_file["precision"] = "fp16" if dtype in FP16_NAMES else "bf16"
+            from_file["mixed_precision"] = "autocast"
         from_file["offload_optimizer"] = zero.get("offload_optimizer", {}).get("device", "none") == "cpu"
         from_file["offload_params"] = zero.get("offload_param", {}).get("device", "none") == "cpu"
         for key in ("gradient_accumulation_steps", "gradient_clipping"):
@@ -105,6 +138,46 @@ class DeepSpeedConfig(BaseModel):
                 from_file[key] = base[key]
         explicit = {k: getattr(self, k) for k in self.model_fields_set}
         return DeepSpeedConfig.model_validate({**self.model_dump(), **from_file, **explicit})
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """What the engine runs for a config on a given number of processes, and why (the `engine {...}` line)."""
+    zero_stage: int
+    zero_stage_reason: str
+    precision: Literal["fp32", "bf16", "fp16"]
+    mixed_precision: Literal["none", "autocast", "deepspeed"]
+    mixed_precision_reason: str
+
+
+def choose_zero_stage(ds: DeepSpeedConfig, world_size: int) -> tuple[int, str]:
+    eff = ds.resolved()
+    if eff.zero_stage != "auto":
+        source = "zero_stage" if "zero_stage" in ds.model_fields_set or not ds.config_file else "config_file"
+        return int(eff.zero_stage), f"pinned by deepspeed.{source}"
+    if eff.offload_params:
+        return 3, "auto: parameter offload exists only in ZeRO-3"
+    if eff.offload_optimizer:
+        return 2, "auto: optimizer offload needs a partitioning stage"
+    if world_size == 1:
+        return 0, "auto: one process, nothing to partition (a stage would only add per-step work)"
+    return 2, f"auto: {world_size} processes, gradients and optimizer state partitioned"
+
+
+def engine_plan(ds: DeepSpeedConfig, world_size: int) -> EnginePlan:
+    """The ZeRO stage and the mixed-precision path (see ZERO_STAGE_RULE and MIXED_PRECISION_RULE)."""
+    eff = ds.resolved()
+    stage, stage_reason = choose_zero_stage(ds, world_size)
+    if eff.precision == "fp32":
+        return EnginePlan(stage, stage_reason, "fp32", "none", "fp32")
+    if eff.mixed_precision != "auto":
+        source = "mixed_precision" if "mixed_precision" in ds.model_fields_set else "config_file"
+        path, reason = eff.mixed_precision, f"pinned by deepspeed.{source}"
+    elif stage == 0 or (world_size == 1 and stage < 3 and not eff.offload_optimizer):
+        path, reason = "autocast", "auto: ZeRO partitions nothing here, fp32 parameters are the master copy"
+    else:
+        path, reason = "deepspeed", "auto: ZeRO partitions here, 16-bit parameters save memory"
+    return EnginePlan(stage, stage_reason, eff.precision, path, reason)
 
 
 def deepspeed_problems(ds: DeepSpeedConfig, cuda: bool | None = None) -> list[str]:
@@ -125,11 +198,20 @@ def deepspeed_problems(ds: DeepSpeedConfig, cuda: bool | None = None) -> list[st
     if eff.precision == "fp16" and not cuda:
         problems.append("deepspeed.precision: fp16 needs a CUDA GPU (DeepSpeed has no fp16 on CPU); "
                         "use bf16 or fp32 here")
-    if eff.offload_params and eff.zero_stage != 3:
+    if eff.offload_params and eff.zero_stage not in ("auto", 3):
         problems.append("deepspeed.offload_params: parameter offload exists only in ZeRO stage 3; "
-                        "set zero_stage: 3 or turn it off")
+                        "set zero_stage: 3 (or auto) or turn it off")
     if eff.offload_optimizer and eff.zero_stage == 0:
-        problems.append("deepspeed.offload_optimizer: optimizer offload needs ZeRO stage 1, 2 or 3")
+        problems.append("deepspeed.offload_optimizer: optimizer offload needs ZeRO stage 1, 2 or 3; "
+                        "set zero_stage: auto, 1, 2 or 3")
+    if "mixed_precision" in ds.model_fields_set and eff.mixed_precision != "auto" and eff.precision == "fp32":
+        problems.append(f"deepspeed.mixed_precision: {eff.mixed_precision} applies to bf16 and fp16 only; "
+                        "set precision: bf16 or fp16, or leave mixed_precision at auto")
+    base = ds.file_config() if ds.config_file else {}
+    if base.get("torch_autocast", {}).get("enabled") and (base.get("bf16", {}).get("enabled")
+                                                          or base.get("fp16", {}).get("enabled")):
+        problems.append(f"deepspeed.config_file: {ds.config_file} enables torch_autocast and a bf16/fp16 "
+                        "section together; keep one (or set deepspeed.mixed_precision)")
     return problems
 
 
@@ -144,6 +226,15 @@ def training_problems(train: TrainingConfig) -> list[str]:
     if train.multi_node_launch == "ssh" and train.launcher == "torchrun" and train.nodes > 1:
         problems.append("training.multi_node_launch: torchrun starts one node per launcher; use per_node")
     return problems
+
+
+def batching_problems(train: TrainingConfig, encoder: EncoderConfig) -> list[str]:
+    """Batch settings that cannot hold the encoder's rows."""
+    if train.max_tokens is not None and train.max_tokens < encoder.max_length:
+        return [f"training.max_tokens: {train.max_tokens} is below encoder.max_length ({encoder.max_length}), "
+                "so a full-length row would not fit one micro-batch; set max_tokens to at least "
+                f"{encoder.max_length} (or leave it unset for micro_batch_size rows)"]
+    return []
 
 
 class RegistryConfig(BaseModel):

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import DeepSpeedConfig, TrainingConfig, deepspeed_problems, training_problems
+from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, batching_problems, deepspeed_problems,
+                             engine_plan, training_problems)
 from training.launch.schedule import SCHEDULES
 from training.lookup import lookup
 from training.model.sharing import SHARING
@@ -19,10 +20,13 @@ RETIRED_SHARING = {
 }
 
 
-def config_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, tasks: list[str]) -> list[str]:
-    """Every problem of the training and deepspeed sections for these task names."""
+def config_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, tasks: list[str],
+                    encoder: EncoderConfig | None = None) -> list[str]:
+    """Every problem of the training and deepspeed sections for these task names (and, given the
+    encoder section, of batching against its input length)."""
     return (name_problems(training) + combination_problems(training, deepspeed, tasks)
-            + schedule_problems(training, tasks) + deepspeed_problems(deepspeed) + training_problems(training))
+            + schedule_problems(training, tasks) + deepspeed_problems(deepspeed) + training_problems(training)
+            + (batching_problems(training, encoder) if encoder is not None else []))
 
 
 def name_problems(training: TrainingConfig) -> list[str]:
@@ -53,8 +57,9 @@ def combination_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, t
     problems: list[str] = []
     if deepspeed.config_file and not Path(deepspeed.config_file).is_file():
         return problems  # the missing file is reported on its own; nothing to combine with yet
-    effective = deepspeed.resolved()  # a ZeRO stage or precision may come from the JSON file
-    facts = (tasks, effective.zero_stage, effective.precision)
+    # a ZeRO stage or precision may come from the JSON file, an auto stage from the process count
+    plan = engine_plan(deepspeed, training.processes * training.nodes)
+    facts = (tasks, plan.zero_stage, plan.precision)
     if training.sharing in SHARING:
         problems += SHARING[training.sharing].config_problems(training.sharing_params, *facts)  # type: ignore[attr-defined]
     if training.weighting in WEIGHTINGS:

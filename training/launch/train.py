@@ -19,7 +19,7 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
                 log: Callable[[str], None]) -> str:
     """Train every stage of `training.schedule`; returns the run's export folder."""
     names = [t.name for t in tasks]
-    if problems := config_problems(training, deepspeed, names):
+    if problems := config_problems(training, deepspeed, names, encoder):
         raise ValueError("; ".join(problems))
     schedule = lookup(SCHEDULES, training.schedule, "schedule")
     stages = schedule.plan(training, names)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -100,9 +100,12 @@ def task_loss(task_type: str, logits: torch.Tensor, labels: torch.Tensor) -> tor
 
 def build_model(encoder_path: str, tasks: list[TaskSpec], sharing: str, dropout: float,
                 sharing_params: dict[str, Any] | None = None,
-                loss_weighting: nn.Module | None = None) -> MultiTaskModel:
-    """A model whose encoder starts from pretrained weights and whose heads are fresh."""
-    encoder = AutoModel.from_pretrained(resolve_encoder_path(encoder_path))
+                loss_weighting: nn.Module | None = None,
+                attn_implementation: Literal["auto", "sdpa", "eager"] = "auto") -> MultiTaskModel:
+    """A model whose encoder starts from pretrained weights and whose heads are fresh.
+    `attn_implementation` "auto" leaves the choice to the encoder's class (SDPA where it has it)."""
+    chosen = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
+    encoder = AutoModel.from_pretrained(resolve_encoder_path(encoder_path), **chosen)
     return MultiTaskModel(_without_pooler(encoder), tasks, sharing, dropout, sharing_params, loss_weighting)
 
 

@@ -15,18 +15,22 @@ from torch import nn
 from training.model.multitask import LossHandle, TaskOutput
 from training.trainer.checkpoints import CheckpointStore, tag_for
 from training.trainer.deepspeed_fixes import clip_gradients, share_zero3_master_weights, skip_world_of_one_allreduce
-from training.config import DeepSpeedConfig, TrainingConfig, deepspeed_problems
+from training.config import DeepSpeedConfig, EnginePlan, TrainingConfig, deepspeed_problems, engine_plan
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
-def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig, num_params: int = 0) -> dict[str, Any]:
+def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig, num_params: int = 0,
+                     world_size: int | None = None) -> dict[str, Any]:
     """A DeepSpeed JSON config from the typed config, on top of `ds.config_file` when one is given
-    (the file's other keys, e.g. bucket sizes, are kept; see `DeepSpeedConfig.resolved`)."""
+    (the file's other keys, e.g. bucket sizes, are kept; see `DeepSpeedConfig.resolved`). The ZeRO
+    stage and the mixed-precision path are `engine_plan`'s for `world_size` processes (default:
+    the training config's processes x nodes)."""
     base = ds.file_config()
     eff = ds.resolved()
+    plan = engine_plan(ds, world_size or train.processes * train.nodes)
     zero = dict(base.get("zero_optimization", {}))
-    zero["stage"] = eff.zero_stage
+    zero["stage"] = plan.zero_stage
     # pinned host memory only helps (and only exists) with a CUDA device to copy to
     pin = torch.cuda.is_available()
     zero.pop("offload_optimizer", None)
@@ -40,10 +44,13 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig, num_params: int
         "gradient_accumulation_steps": eff.gradient_accumulation_steps,
         "gradient_clipping": eff.gradient_clipping,
         "zero_optimization": zero,
-        "bf16": {"enabled": eff.precision == "bf16"},
-        "fp16": {"enabled": eff.precision == "fp16"},
+        **precision_sections(plan),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # DeepSpeed's throughput timer is on by default and synchronises the device when a forward
+        # starts and when a step ends: two host waits per step on a GPU, for a samples/s report
+        # this pipeline never prints (steps_per_print above); it measures throughput itself
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
         "scheduler": {"type": "WarmupDecayLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": train.learning_rate,
             "warmup_num_steps": train.warmup_steps, "total_num_steps": train.steps,
@@ -68,6 +75,19 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig, num_params: int
     else:
         base.pop("optimizer", None)
     return base
+
+
+def precision_sections(plan: EnginePlan) -> dict[str, Any]:
+    """DeepSpeed's precision switches: its own 16-bit optimizer, or autocast around the forward with
+    fp32 parameters (the `torch_autocast` section: an autocast of our own around the engine's
+    forward would be switched off inside it)."""
+    deepspeed_path = plan.mixed_precision == "deepspeed"
+    return {
+        "bf16": {"enabled": deepspeed_path and plan.precision == "bf16"},
+        "fp16": {"enabled": deepspeed_path and plan.precision == "fp16"},
+        "torch_autocast": {"enabled": plan.mixed_precision == "autocast",
+                           "dtype": "float16" if plan.precision == "fp16" else "bfloat16"},
+    }
 
 
 def adamw(groups: list[dict[str, Any]], lr: float) -> torch.optim.Optimizer:
@@ -96,23 +116,33 @@ class Engine:
         problems = deepspeed_problems(ds)
         if problems:
             raise ValueError("; ".join(problems))
-        self.config = deepspeed_config(ds, train, sum(p.numel() for p in model.parameters()))
+        world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+        self.plan = engine_plan(ds, world)
+        self.config = deepspeed_config(ds, train, sum(p.numel() for p in model.parameters()), world)
         self.track_memory = train.log_memory
         self.peak_tensor_bytes = 0
-        self.zero_stage = int(self.config["zero_optimization"]["stage"])
-        self.precision = ds.resolved().precision
+        self.zero_stage = self.plan.zero_stage
+        self.precision = self.plan.precision
+        self.compiled = train.compile
         groups = param_groups(model, train.weight_decay)
         optimizer = None if "optimizer" in self.config else adamw(groups, train.learning_rate)
         ds_config = dict(self.config)
-        # ZeRO-0 in fp32 is the one case where DeepSpeed clips gradients with a Python loop over
-        # every parameter (and an all-reduce of the norm, though gradients are already averaged):
-        # ~7 % of a MiniLM step on CPU. Clip here instead, with the same rule, at the same point.
+        # At ZeRO-0 with fp32 gradients (fp32, or bf16 autocast) DeepSpeed clips with a Python loop
+        # over every parameter (and an all-reduce of the norm, though gradients are already
+        # averaged): ~7 % of a MiniLM step on CPU. Clip here instead, with the same rule, at the same
+        # point. Not under fp16 autocast: its gradients stay loss-scaled until DeepSpeed's GradScaler
+        # unscales them, and the scaler sets the fused optimizer's grad_scale itself.
         self.clip, self.fused_optimizer = 0.0, None
-        if self.zero_stage == 0 and self.precision == "fp32" and optimizer is not None:
+        if self.zero_stage == 0 and self.plan.mixed_precision != "deepspeed" and self.precision != "fp16" \
+                and optimizer is not None:
             self.clip, ds_config["gradient_clipping"] = float(self.config["gradient_clipping"]), 0.0
             self.fused_optimizer = optimizer if fused(optimizer) else None
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=optimizer, config=ds_config)
+        if train.compile:
+            # nn.Module.compile: in place, so state-dict keys stay as they are; batch shapes vary step
+            # to step (rows and padded length), so one graph with symbolic sizes from the start
+            self.engine.compile(compile_kwargs={"dynamic": True})
         self.clipped_params = [p for p in self.engine.module.parameters() if p.requires_grad]
         self.master_bytes_shared = share_zero3_master_weights(self.engine.optimizer) if self.zero_stage == 3 else 0
         skip_world_of_one_allreduce(self.engine, self.zero_stage)
@@ -122,17 +152,30 @@ class Engine:
         steps (DeepSpeed's CPU Adam under optimizer offload), where clipping happens."""
         zero = self.config["zero_optimization"]
         inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        encoder = getattr(self.engine.module, "encoder_config", None)
         return {
             "zero_stage": self.zero_stage,
+            "zero_stage_reason": self.plan.zero_stage_reason,
             "precision": self.precision,
+            "mixed_precision": self.plan.mixed_precision,
+            "mixed_precision_reason": self.plan.mixed_precision_reason,
+            "attention": getattr(encoder, "_attn_implementation", None),
+            "compile": self.compiled,
             "offload_optimizer": "offload_optimizer" in zero, "offload_params": "offload_param" in zero,
             "optimizer": type(inner).__name__ + (" (fused)" if getattr(inner, "defaults", {}).get("fused") else ""),
             "gradient_clipping": self.config["gradient_clipping"],
-            "clipping_in": "fused optimizer step" if self.fused_optimizer is not None
-            else "engine" if self.clip else "deepspeed" if self.config["gradient_clipping"] else "off",
+            "clipping_in": "off" if not self.config["gradient_clipping"]
+            else "fused optimizer step" if self.fused_optimizer is not None
+            else "engine" if self.clip else "deepspeed",
             "zero3_master_bytes_shared": self.master_bytes_shared,
             "world_size": self.engine.world_size,
         }
+
+    def close(self) -> None:
+        """Remove DeepSpeed's gradient hooks: ZeRO's hold the model through the autograd graph,
+        which the garbage collector cannot see, so an in-process run (bench, tests) that builds
+        engines one after another would keep every model until the process ends."""
+        self.engine.destroy()
 
     @property
     def rank(self) -> int:

@@ -61,14 +61,14 @@ def train(spec: WorkerSpec) -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(spec.encoder.name_or_path))
     data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
                        rank, world, cfg.seed, tokenizer.pad_token_id, cfg.group_by_length,
-                       cfg.length_bucket_batches)
+                       cfg.length_bucket_batches, cfg.max_tokens)
     sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
         data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
         final_alpha=cfg.sampler_final_alpha)
     weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features), cfg.seed,
                                                                     **cfg.weighting_params)
     model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout,
-                        cfg.sharing_params, weighting.module())
+                        cfg.sharing_params, weighting.module(), spec.encoder.attn_implementation)
     if spec.init_from:
         load_matching(model, export_weights(spec.init_from))
     engine = Engine(model, spec.deepspeed, cfg)
