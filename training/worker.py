@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_serializer
 
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.tasks import TaskSpec
@@ -35,6 +35,12 @@ class WorkerSpec(BaseModel):
     export_dir: str
     metrics_file: str
     init_from: str | None = None  # issue 5: an export whose weights the model starts from (stage 2)
+
+    @field_serializer("deepspeed")
+    def _deepspeed_as_given(self, deepspeed: DeepSpeedConfig) -> dict[str, Any]:
+        # only the fields set explicitly: a field written out at its default would count as set in
+        # the worker and override what deepspeed.config_file says (its stage, its precision)
+        return deepspeed.model_dump(exclude_unset=True)
 
 
 def set_threads(train: TrainingConfig, local_world: int) -> None:
