@@ -63,19 +63,26 @@ def budget_batches(data: dict, rank: int, world: int, seed: int = 5, grouped: bo
 def test_token_budget_batches_stay_within_the_budget_and_cover_each_epoch_once():
     data = {"a": varied(640)}
     ranks = [budget_batches(data, r, 2) for r in range(2)]
-    per_epoch = len(ranks[0]._epoch("a", 0))
-    seen: list[int] = []
-    rows: list[int] = []
-    for _ in range(per_epoch):
-        pair = [r.next("a") for r in ranks]
-        for batch in pair:
-            assert batch["input_ids"].numel() <= 160  # rows x padded length
-        assert len(ids(pair[0])) == len(ids(pair[1]))  # every rank takes the same number of rows
-        assert not set(ids(pair[0])) & set(ids(pair[1]))
-        seen += ids(pair[0]) + ids(pair[1])
-        rows.append(len(ids(pair[0])))
-    assert sorted(seen) == [1000 + i for i in range(640)]
-    assert max(rows) > 2 * min(rows)  # short rows come in larger batches
+    epochs = []
+    for epoch in range(2):
+        seen: list[int] = []
+        rows: list[int] = []
+        widths: list[int] = []
+        for _ in range(len(ranks[0]._epoch("a", epoch))):
+            pair = [r.next("a") for r in ranks]
+            for batch in pair:
+                assert batch["input_ids"].numel() <= 160  # rows x padded length
+            assert len(ids(pair[0])) == len(ids(pair[1]))  # every rank takes the same number of rows
+            assert not set(ids(pair[0])) & set(ids(pair[1]))
+            seen += ids(pair[0]) + ids(pair[1])
+            rows.append(len(ids(pair[0])))
+            widths.append(pair[0]["input_ids"].shape[1])
+        assert sorted(seen) == [1000 + i for i in range(640)]
+        assert max(rows) > 2 * min(rows)  # short rows come in larger batches
+        # batches are shuffled across the length-sorted buckets: widths go down often, not once a bucket
+        assert sum(b < a for a, b in zip(widths, widths[1:])) > len(widths) // 4
+        epochs.append(seen)
+    assert epochs[0] != epochs[1]  # each epoch its own order
     assert padding_efficiency([r.next("a") for r in ranks for _ in range(20)]) > 0.9
     ungrouped = budget_batches(data, 0, 1, grouped=False)
     assert all(ungrouped.next("a")["input_ids"].numel() <= 160 for _ in range(200))  # crosses epochs

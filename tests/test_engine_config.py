@@ -139,3 +139,15 @@ def test_precision_and_batching_settings_that_cannot_run_are_refused():
     assert problem.startswith("training.max_tokens: 100 is below encoder.max_length (128)")
     assert batching_problems(TrainingConfig(max_tokens=128), encoder) == []
     assert batching_problems(TrainingConfig(), encoder) == []
+
+
+def test_the_worker_spec_keeps_a_files_stage_and_precision():
+    """The spec file the launched workers read must not turn defaults into explicit settings, which
+    would override the DeepSpeed file's stage and precision."""
+    from training.launch.spec import WorkerSpec
+
+    ds = DeepSpeedConfig(config_file=str(ROOT / "infra/deepspeed/zero2_bf16.json"), gradient_clipping=0.5)
+    spec = WorkerSpec(encoder=EncoderConfig(), training=TrainingConfig(), deepspeed=ds, tasks=[], features={},
+                      checkpoint_dir="c", export_dir="e", metrics_file="m")
+    read = WorkerSpec.model_validate_json(spec.model_dump_json()).deepspeed.resolved()
+    assert (read.zero_stage, read.precision, read.gradient_clipping) == (2, "bf16", 0.5)

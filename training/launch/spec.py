@@ -2,7 +2,9 @@
 never the pipeline's root config."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, Field, field_serializer
 
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.task_spec import TaskSpec
@@ -20,3 +22,9 @@ class WorkerSpec(BaseModel):
     metrics_file: str
     init_from: str | None = Field(None, description="an export whose weights the model starts from (warm start)")
     stage: str = Field("", description="the schedule stage this run is, for the model card")
+
+    @field_serializer("deepspeed")
+    def _deepspeed_as_given(self, deepspeed: DeepSpeedConfig) -> dict[str, Any]:
+        # only the fields set explicitly: a field written out at its default would count as set in
+        # the worker and override what deepspeed.config_file says (its stage, its precision)
+        return deepspeed.model_dump(exclude_unset=True)
