@@ -7,6 +7,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from data_prep.cache import MARKER, ArtifactCache
 from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.stage import ingest_cached, read_examples, tokenize_cached
@@ -85,10 +87,8 @@ def test_half_written_entry_without_marker_is_ignored(write, tiny_encoder, tmp_p
 
 def test_failed_write_leaves_no_entry(tmp_path):
     cache = ArtifactCache(str(tmp_path / "cache"))
-    try:
-        with cache.writer("ingest", "k") as folder:
-            (folder / "a.jsonl").write_text("{}\n")
-            raise OSError("disk full")
-    except OSError:
-        pass
+    with pytest.raises(OSError, match="disk full"), cache.writer("ingest", "k") as folder:
+        (folder / "a.jsonl").write_text("{}\n")
+        raise OSError("disk full")
     assert not cache.has("ingest", "k") and not (tmp_path / "cache" / "ingest" / "k").exists()
+    assert list((tmp_path / "cache" / "ingest").iterdir()) == [], "the staging folder is removed too"
