@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import OwnRendezvousPorts
+# the shared checks there fail with pytest's detailed messages, like those in the test files
+pytest.register_assert_rewrite("engine_support", "helpers")
+
+from helpers import OwnRendezvousPorts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSION_DIRS: list[Path] = []
