@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test validate clean
+.PHONY: install demo test validate mutation clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ validate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Not part of `make test` or CI: breaks the code that decides results on purpose, one mutant at a
+# time, and checks the tests notice (tools/mutation.py; 4 to 7 minutes on 2 CPU cores).
+mutation: $(STAMP)
+	$(BIN)/python tools/mutation.py
 
 clean:
 	rm -rf $(VENV) .mtl

@@ -3,11 +3,20 @@ and an isolated Prefect engine and state folder per session."""
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# the shared checks there fail with pytest's detailed messages, like those in the test files
+pytest.register_assert_rewrite("engine_support", "helpers")
+
+from helpers import OwnRendezvousPorts  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+SESSION_DIRS: list[Path] = []
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -19,10 +28,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # Prefect reads these at import: point them at a per-session folder so cached results
     # and the local database never leak between sessions.
     base = Path(os.environ.get("MTL_TEST_TMP", "/tmp")) / f"mtl-tests-{os.getpid()}"
+    SESSION_DIRS.append(base)
     os.environ["PREFECT_HOME"] = str(base / "prefect")
     os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(base / "prefect" / "results")
     os.environ["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
     (base / "prefect").mkdir(parents=True, exist_ok=True)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's Prefect folder goes with the session (one per process id, they piled up)."""
+    for folder in SESSION_DIRS:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,16 +92,42 @@ def write(tmp_path: Path):
     return _write
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_rendezvous_ports() -> Iterator[OwnRendezvousPorts]:
+    """Records the master port of every DeepSpeed world this process starts: launched runs pass
+    theirs to `launch_command`, in-process worlds of one take theirs from `free_port`. Modules
+    that imported either name before this session started get the recording one too."""
+    from training.launch import launcher
+    from training.config import TrainingConfig
+
+    own = OwnRendezvousPorts()
+    launch_command, free_port = launcher.launch_command, launcher.free_port
+
+    def recording_launch_command(train: TrainingConfig, spec_path: str, master_port: int,
+                                 hostfile: str | None = None) -> list[str]:
+        own.record(master_port)
+        return launch_command(train, spec_path, master_port, hostfile)
+
+    def recording_free_port() -> int:
+        port = free_port()
+        own.record(port)
+        return port
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in list(sys.modules.values()):
+            names = vars(module) if hasattr(module, "__dict__") else {}
+            if names.get("launch_command") is launch_command:
+                patch.setattr(module, "launch_command", recording_launch_command)
+            if names.get("free_port") is free_port:
+                patch.setattr(module, "free_port", recording_free_port)
+        yield own
+
+
 @pytest.fixture(autouse=True)
-def no_shared_memory_left_behind():
+def no_shared_memory_left_behind(own_rendezvous_ports: OwnRendezvousPorts) -> Iterator[None]:
     """Every test that starts DeepSpeed workers checks they leave no shared-memory buffer behind
-    (each is ~70 MB of RAM that lasts until reboot; a suite's worth fills a machine)."""
-    from training.launch.launcher import SHM_DIR, SHM_PREFIX
-
-    def buffers() -> set[str]:
-        return {p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}_{os.getuid()}_*")} if SHM_DIR.is_dir() else set()
-
-    before = buffers()
+    (each is ~70 MB of RAM that lasts until reboot; a suite's worth fills a machine). Only this
+    process's worlds count, including those a module-scoped fixture started before the test."""
     yield
-    left = buffers() - before
-    assert not left, f"DeepSpeed shared-memory buffers left in {SHM_DIR}: {sorted(left)}"
+    left = own_rendezvous_ports.leftovers()
+    assert not left, f"DeepSpeed shared-memory buffers left in {own_rendezvous_ports.shm_dir}: {left}"

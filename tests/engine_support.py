@@ -14,6 +14,19 @@ from training.launch.train import train_model
 from training.task_spec import TaskSpec
 from training.task_spec import prepare_tasks as prepare
 
+# Runs resumed from their middle checkpoint (test_engine_resume.py launched, test_worker_resume.py
+# in process): a weighting whose state lives only in the checkpoint's client state (dwa: period 4
+# and a checkpoint at step 6 leave one finished period and half of the next; its weights leave 1
+# once the second period ends, past the checkpoint), and sampled single-task steps with learned
+# loss weights and a sampler other than the default.
+RESUME_SETTINGS: dict[str, Any] = {"steps": 12, "checkpoint_every": 6, "keep_checkpoints": 2, "log_every": 1,
+                                   "seed": 5}
+RESUME_RUNS: dict[str, dict[str, Any]] = {
+    "dwa": {"weighting": "dwa", "weighting_params": {"period": 4, "temperature": 0.2}},
+    "uncertainty-temperature": {"weighting": "uncertainty", "sampler": "temperature", "sampler_temperature": 3.0},
+}
+RESUME_FROM = "step_00000006"
+
 
 def prepare_tasks(cfgs: list[TaskDataConfig], encoder: Path, data_dir: Path, out: Path,
                   max_length: int = 48) -> tuple[list[TaskSpec], dict[str, str], dict[str, str]]:
@@ -41,3 +54,40 @@ def train(encoder: Path, tasks: tuple[list[TaskSpec], dict[str, str]], run_dir: 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(l) for l in (run_dir / "train_metrics.jsonl").read_text().splitlines() if l]
+
+
+def resume_matches(reference: Path, resumed: Path) -> None:
+    """The resumed run's log and export equal the uninterrupted run's from the checkpoint on."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    resumed_at = int(RESUME_FROM.split("_")[1])
+    expected = [r for r in metrics(reference) if r["step"] > resumed_at]
+    got = metrics(resumed)
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == list(
+        range(resumed_at + 1, RESUME_SETTINGS["steps"] + 1))
+    assert [r["task"] for r in got] == [r["task"] for r in expected]
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in expected], rel=1e-5, abs=1e-6)
+    for mine, theirs in zip(got, expected):
+        assert mine["task_weights"] == pytest.approx(theirs["task_weights"], rel=1e-5)
+        assert mine["task_losses"] == pytest.approx(theirs["task_losses"], rel=1e-5, abs=1e-6)
+    weights = [load_file(run / "model" / "model.safetensors") for run in (reference, resumed)]
+    assert sorted(weights[1]) == sorted(weights[0])
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def run_depends_on_resumed_state(name: str, reference: Path) -> None:
+    """Without this a match could hold with the state lost: weights that never leave 1, or a
+    sampler that always picks one task."""
+    rows = metrics(reference)
+    weights = [r["task_weights"] for r in rows]
+    if name == "dwa":
+        # logged after each step, so the weights the next step uses: two periods of 4 steps first
+        assert all(w == {t: 1.0 for t in w} for w in weights[:7])
+        assert all(abs(v - 1.0) > 1e-3 for w in weights[7:] for v in w.values())
+        assert [r["task"] for r in rows] == ["all"] * len(rows)
+    else:
+        assert all(abs(v - 1.0) > 1e-4 for v in weights[-1].values())  # log-variances learned
+        assert len({r["task"] for r in rows if r["step"] > int(RESUME_FROM.split("_")[1])}) > 1

@@ -1,6 +1,7 @@
 """Helpers shared by the tests."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -28,3 +29,39 @@ def tiny_config(encoder: Path, state: Path, data_dir: Path, **training: object) 
         "registry": {"model_name": "tiny-mtl", "experiment": "tiny"},
         "promotion": {"tolerance": 0.0},
     }
+
+
+class OwnRendezvousPorts:
+    """Master ports of the DeepSpeed worlds this test process starts, and what they left in shared
+    memory. DeepSpeed names its CPU buffers <prefix>_<uid>_<addr>_<port>_<rank>; other test
+    processes of the same user (another worktree, another session) start worlds of their own at
+    any time, so a buffer is this process's only if its port is one this process used."""
+
+    def __init__(self, shm_dir: Path | None = None) -> None:
+        from training.launch.launcher import SHM_DIR
+
+        self.shm_dir = shm_dir or SHM_DIR
+        self.ports: list[int] = []
+        self.reported: set[str] = set()
+        self.initial = self._buffers(None)  # a leftover of an earlier session is not this one's
+
+    def record(self, port: int | str) -> None:
+        self.ports.append(int(port))
+
+    def _buffers(self, ports: set[int] | None) -> set[str]:
+        from training.launch.launcher import SHM_PREFIX
+
+        if not self.shm_dir.is_dir():
+            return set()
+        found = set()
+        for path in self.shm_dir.glob(f"{SHM_PREFIX}_{os.getuid()}_*"):
+            port = path.name.rsplit("_", 2)[-2]
+            if ports is None or (port.isdigit() and int(port) in ports):
+                found.add(path.name)
+        return found
+
+    def leftovers(self) -> list[str]:
+        """Buffers of this process's worlds not reported before (each is reported once)."""
+        left = self._buffers(set(self.ports)) - self.initial - self.reported
+        self.reported |= left
+        return sorted(left)

@@ -88,12 +88,9 @@ def test_half_written_entry_without_marker_is_ignored(write, tiny_encoder, tmp_p
 
 def test_failed_write_leaves_no_entry(tmp_path):
     cache = ArtifactCache(str(tmp_path / "cache"))
-    try:
-        with cache.writer("ingest", "k") as folder:
-            (folder / "a.jsonl").write_text("{}\n")
-            raise OSError("disk full")
-    except OSError:
-        pass
+    with pytest.raises(OSError, match="disk full"), cache.writer("ingest", "k") as folder:
+        (folder / "a.jsonl").write_text("{}\n")
+        raise OSError("disk full")
     assert not cache.has("ingest", "k") and not (tmp_path / "cache" / "ingest" / "k").exists()
 
 
@@ -159,3 +156,4 @@ def test_fetch_and_read_json_refuse_a_damaged_file(tmp_path):
         cache.fetch("ingest", "k", "a.jsonl", tmp_path / "w")
     assert cache.load("ingest", "k", lambda: cache.read_json("ingest", "k", "meta.json")) is None
     assert not cache.has("ingest", "k") and not (tmp_path / "cache" / "ingest" / "k").exists()
+    assert list((tmp_path / "cache" / "ingest").iterdir()) == [], "the staging folder is removed too"

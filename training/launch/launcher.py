@@ -148,6 +148,11 @@ def single_process_world() -> Iterator[None]:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        # DeepSpeed keeps a clone of the world group for good; a later world in this process would
+        # be handed the destroyed one ("Group ... is not registered")
+        from deepspeed.utils import groups
+
+        groups._WORLD_GROUP = None
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -193,13 +193,18 @@ def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, fl
     return dict(client.get_run(version.run_id).data.metrics)
 
 
+# Metrics and tolerances are decimals held as binary floats: 0.8 - 0.1 is 0.7000000000000001, so
+# without this slack a challenger exactly at champion - tolerance would be refused by rounding.
+GATE_SLACK = 1e-9
+
+
 def gate(challenger: dict[str, float], champion: dict[str, float], primary: dict[str, str],
          tolerance: float) -> list[str]:
     """Reasons the challenger may not replace the champion (empty: it may)."""
     reasons = []
     for task, metric in sorted(primary.items()):
         key = metric_key(task, metric)
-        if key in champion and challenger.get(key, float("-inf")) < champion[key] - tolerance:
+        if key in champion and challenger.get(key, float("-inf")) < champion[key] - tolerance - GATE_SLACK:
             reasons.append(f"{task} {metric} {challenger.get(key, float('nan')):.4f} < champion "
                            f"{champion[key]:.4f} - {tolerance}")
     for key in champion:

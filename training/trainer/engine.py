@@ -53,7 +53,8 @@ def deepspeed_config(ds: DeepSpeedConfig, train: TrainingConfig, num_params: int
         "timers": {"throughput": {"enabled": False, "synchronized": False}},
         "scheduler": {"type": "WarmupDecayLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": train.learning_rate,
-            "warmup_num_steps": train.warmup_steps, "total_num_steps": train.steps,
+            # DeepSpeed refuses 0 warm-up steps (and warms up over at least 2 whatever it is given)
+            "warmup_num_steps": max(1, train.warmup_steps), "total_num_steps": train.steps,
             "warmup_type": "linear"}},
     })
     base.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch, accumulation and world

@@ -12,8 +12,9 @@ from training.trainer.weighting.base import Weighting
 def train_step(engine: Engine, weighting: Weighting, batches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Returns each task's unweighted loss (detached, on the device; averaged over processes when
     the weighting compared them). Nothing is read back to the host unless the weighting needs it."""
-    tasks = list(batches)
-    outputs = [engine.forward(task, batch) for task, batch in batches.items()]
+    # an all-task step's coefficients come in the weighting's task order: run the tasks in it
+    tasks = list(weighting.tasks) if weighting.all_tasks_step else list(batches)
+    outputs = [engine.forward(task, batches[task]) for task in tasks]
     raw = torch.stack([out.raw_loss.float() for out in outputs])
     grads = None
     if weighting.all_tasks_step:

@@ -1,0 +1,112 @@
+"""The promotion gate at its boundary: a task exactly at the champion's score minus the tolerance
+passes, one just below is refused. Metrics and tolerances are decimals held as binary floats, so
+"exactly at" must survive the subtraction's rounding (0.8 - 0.1 is 0.7000000000000001). Checked
+on the gate itself, through `promote_if_better` on a real MLflow database store, and through the
+flow's promote task on a real Prefect engine (the refuse path)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from training.config import PromotionConfig
+from training.release.registry import gate, metric_key, promote_if_better
+from training.task_spec import TaskSpec
+
+BELOW = 1e-6  # "just below": finer than any dev-set metric's resolution
+# (champion, tolerance): some whose difference rounds up in floating point, some that are exact
+BOUNDARIES = [(0.8, 0.1), (0.014, 0.005), (0.62, 0.02), (0.9, 0.005), (0.75, 0.25), (0.5, 0.0), (0.862, 0.005)]
+
+
+@pytest.mark.parametrize("champion,tolerance", BOUNDARIES)
+def test_gate_passes_exactly_at_the_boundary_and_refuses_just_below(champion, tolerance):
+    key = metric_key("pos", "accuracy")
+    at = round(champion - tolerance, 12)  # the decimal number a person reads as the boundary
+    assert gate({key: at}, {key: champion}, {"pos": "accuracy"}, tolerance) == []
+    reasons = gate({key: at - BELOW}, {key: champion}, {"pos": "accuracy"}, tolerance)
+    assert len(reasons) == 1 and reasons[0].startswith("pos accuracy ")
+
+
+def test_gate_refuses_a_challenger_without_the_tasks_primary_metric():
+    champion = {metric_key("pos", "accuracy"): 0.9}
+    assert gate({metric_key("pos", "macro_f1"): 0.99}, champion, {"pos": "accuracy"}, 0.5) == [
+        "pos accuracy nan < champion 0.9000 - 0.5"]
+
+
+def test_primary_metrics_the_gate_compares():
+    def spec(task_type: str, scheme: str = "plain") -> TaskSpec:
+        return TaskSpec(name="t", type=task_type, labels=["B-X", "I-X", "O"], label_scheme=scheme)
+
+    assert spec("token_classification", "bio").primary_metric == "entity_f1"
+    assert spec("token_classification").primary_metric == "accuracy"
+    assert spec("sequence_classification").primary_metric == "accuracy"
+    assert spec("sequence_pair_regression").primary_metric == "pearson"
+
+
+class Store:
+    """A real MLflow database store with versions of one model, each a run with dev metrics."""
+
+    def __init__(self, folder: Path) -> None:
+        self.uri = f"sqlite:///{folder / 'mlflow.db'}"
+        self.client = MlflowClient(self.uri)
+        self.experiment = self.client.create_experiment("gate", artifact_location=(folder / "artifacts").as_uri())
+        self.client.create_registered_model("m")
+
+    def version(self, metrics: dict[str, float]) -> str:
+        run = self.client.create_run(self.experiment)
+        for key, value in metrics.items():
+            self.client.log_metric(run.info.run_id, key, value)
+        self.client.set_terminated(run.info.run_id)
+        return str(self.client.create_model_version("m", f"runs:/{run.info.run_id}/model", run.info.run_id).version)
+
+    def champion(self) -> str:
+        return str(self.client.get_model_version_by_alias("m", "champion").version)
+
+
+PRIMARY = {"pos": "accuracy", "ner": "entity_f1"}
+
+
+def dev(pos: float, ner: float) -> dict[str, float]:
+    return {metric_key("pos", "accuracy"): pos, metric_key("ner", "entity_f1"): ner}
+
+
+def test_promotion_at_the_boundary_with_a_real_store(tmp_path):
+    store = Store(tmp_path)
+    promotion = PromotionConfig(tolerance=0.1)
+    first = store.version(dev(0.8, 0.6))
+    assert promote_if_better(store.uri, "m", first, PRIMARY, promotion) == (True, [])
+    below = store.version(dev(0.7 - BELOW, 0.65))
+    promoted, reasons = promote_if_better(store.uri, "m", below, PRIMARY, promotion)
+    assert not promoted and len(reasons) == 1 and reasons[0].startswith("pos accuracy 0.7000 < champion 0.8000")
+    assert store.champion() == first
+    assert store.client.get_model_version("m", below).tags["mtl.gate"] == reasons[0]
+    at = store.version(dev(0.7, 0.5))  # both tasks exactly at the boundary
+    assert promote_if_better(store.uri, "m", at, PRIMARY, promotion) == (True, [])
+    assert store.champion() == at
+    assert store.client.get_model_version("m", at).tags["mtl.gate"] == "passed"
+    assert store.client.get_model_version("m", at).tags["mtl.previous_champion"] == first
+
+
+def test_the_flows_promote_task_refuses_and_keeps_the_champion(tmp_path, prefect_engine):
+    from prefect import flow
+
+    from flows.tasks import promote
+
+    store = Store(tmp_path)
+    promotion = PromotionConfig(tolerance=0.005)
+    specs = [TaskSpec(name="pos", type="token_classification", labels=["NOUN"]),
+             TaskSpec(name="ner", type="token_classification", labels=["B-PER", "I-PER", "O"], label_scheme="bio")]
+
+    @flow(name="gate-only")
+    def gate_only(version: str) -> dict:
+        registered = {"tracking_uri": store.uri, "model_name": "m", "version": version}
+        return promote(registered, specs, promotion)
+
+    first = store.version(dev(0.862, 0.75))
+    assert gate_only(first) == {"promoted": True, "reasons": []}
+    worse = store.version(dev(0.857, 0.7449))  # pos exactly at the boundary, ner just below it
+    decision = gate_only(worse)
+    assert decision["promoted"] is False
+    assert decision["reasons"] == ["ner entity_f1 0.7449 < champion 0.7500 - 0.005"]
+    assert store.champion() == first
