@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Training throughput on a lent GPU (issue 9), one process, in well under 8 minutes:
+# Training throughput on a lent GPU (issue 9), one process; the core runs take about 4-5 minutes and
+# nothing starts that could end after GPU_CHECK_BUDGET_S (450 s):
 #   MiniLM shape (random init), POS, 32 sentences per micro-batch, and BERT-large shape (random
 #   init, hidden 1024, 24 layers), RTE pairs within a token budget: plain loops in fp32 and bf16
 #   (autocast, fused AdamW) against the pipeline's engine at ZeRO-0 fp32/bf16/fp16, ZeRO-2 bf16
