@@ -349,9 +349,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=3,
                         help="CPU: 0 skips the memory runs; else at least 2: ZeRO 0's peak (gradients beside "
                              "the optimizer's state, which its first step creates) comes at the second step")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads; 1 by default because on a shared, oversubscribed CPU the "
-                             "spin-waits of multi-threaded kernels make timings collapse and drift")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads; on CPU 1 by default because on a shared, oversubscribed CPU the "
+                             "spin-waits of multi-threaded kernels make timings collapse and drift; on a GPU "
+                             "torch's default")
     args = parser.parse_args()
     if args.memory_steps == 1:
         parser.error("--memory-steps 1 would miss ZeRO 0's peak, which comes at the second step: use 0 or >= 2")
@@ -373,7 +374,7 @@ def measure(encoder: str, arms: list[Arm], run: list[Step], specs: list[TaskSpec
 
 def main() -> None:
     args = parse_args()
-    threads = args.threads
+    threads = args.threads or (1 if DEVICE == "cpu" else torch.get_num_threads())
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     from flows.config import load_config
