@@ -209,3 +209,28 @@ def test_patience_stops_training_early_and_exports_the_best_step(demo, tmp_path)
     saved = torch.load(tmp_path / "checkpoints" / tag_for(6) / "mp_rank_00_model_states.pt",
                        weights_only=False)["module"]
     assert all(torch.equal(weights[k], saved[k].float()) for k in weights)
+
+
+def test_mtdnn_selects_the_multitask_stage_by_the_mean_and_each_fine_tuned_task_by_its_own_score(demo, tmp_path):
+    """1 process, ZeRO-0: the multi-task stage (ptb auxiliary) exports its best mean step, sst2's
+    fine-tuning stage its own best step (it gets sst2's dev split only); the card says per task
+    which stage and step its weights come from."""
+    export = train(demo, tmp_path, 0, steps=4, eval_every=2, processes=1, log_every=2, learning_rate=0.02,
+                   schedule="mtdnn", schedule_params={"finetune_tasks": ["sst2"], "finetune_steps": 2})
+    stages = tmp_path / "stages"
+    spec = json.loads((stages / "finetune-sst2" / "train_spec.json").read_text())
+    assert set(spec["dev"]) == {"sst2"} and [t["name"] for t in spec["tasks"]] == ["sst2"]
+    multitask = [r for r in rows(stages / "multitask") if "eval" in r]
+    assert [r["step"] for r in multitask] == [2, 4] and all(set(r["eval"]) == {"pos", "ner", "sst2"} for r in multitask)
+    mean = max(multitask, key=lambda r: (sum(r["eval"][t][m] for t, m in PRIMARY.items()), r["step"]))["step"]
+    stage_card = json.loads((stages / "multitask" / "model" / "mtl_model.json").read_text())
+    assert stage_card["selection"]["mode"] == "mean" and stage_card["sharing"] == "hard"
+    (tuned,) = [r for r in rows(stages / "finetune-sst2") if "eval" in r]
+    card = json.loads((export / "mtl_model.json").read_text())
+    assert [t["name"] for t in card["tasks"]] == ["pos", "ner", "sst2"] and card["sharing_params"] == {
+        "task_encoders": ["sst2"]}
+    chosen = card["selection"]["tasks"]
+    assert {t: (c["stage"], c["step"]) for t, c in chosen.items()} == {
+        "pos": ("multitask", mean), "ner": ("multitask", mean), "sst2": ("finetune-sst2", 2)}
+    assert chosen["sst2"]["score"] == tuned["eval"]["sst2"]["accuracy"]
+    assert not (stages / "finetune-ptb").exists()
