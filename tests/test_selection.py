@@ -271,7 +271,8 @@ def test_an_earlier_steps_weights_come_back_from_its_pinned_checkpoint(world_of_
     seen = {}
     for step in (1, 2, 3):
         engine.train()
-        train_step(engine, WEIGHTINGS["equal"](["ner", "pos"]), {"pos": {**batch(), "labels": torch.zeros(2, 6, dtype=torch.long)}})
+        labels = torch.zeros(2, 6, dtype=torch.long)
+        train_step(engine, WEIGHTINGS["equal"](["ner", "pos"]), {"pos": {**batch(), "labels": labels}})
         rng = torch.get_rng_state()
         seen[step] = {k: v.detach().clone().float() for k, v in engine.inference_model(skeleton).state_dict().items()}
         assert torch.equal(torch.get_rng_state(), rng), "evaluating changed the dropout draws of training"

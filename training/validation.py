@@ -59,8 +59,9 @@ def auxiliary_problems(training: TrainingConfig, tasks: list[str], auxiliary: li
         problems.append(f"training.sharing: adversarial's task discriminator has one output per task, so a model "
                         f"without the auxiliary task(s) {sorted(auxiliary)} cannot be exported; use hard, soft or "
                         f"attention sharing, or make them ordinary tasks")
-    own = set(training.sharing_params.get("task_encoders") or []) & set(auxiliary) \
-        if training.sharing == "multi_encoder" else set()
+    own: set[str] = set()
+    if training.sharing == "multi_encoder":
+        own = set(training.sharing_params.get("task_encoders") or []) & set(auxiliary)
     if own:
         problems.append(f"training.sharing_params.task_encoders: auxiliary task(s) {sorted(own)} are never exported "
                         f"and an encoder of their own shares nothing with the other tasks; remove them there")

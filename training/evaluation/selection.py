@@ -99,7 +99,10 @@ def shared_step(steps: dict[str, int]) -> int:
     return max(counts, key=lambda step: (counts[step], step))
 
 
-def assemble(states: dict[int, dict[str, torch.Tensor]], steps: dict[str, int]) -> tuple[dict[str, torch.Tensor], list[str]]:
+State = dict[str, torch.Tensor]
+
+
+def assemble(states: dict[int, State], steps: dict[str, int]) -> tuple[State, list[str]]:
     """The exported state dict from each step's full (hard-sharing) state dict, and the tasks that
     get their own encoder copy (empty: every task chose the same step, the usual model)."""
     shared = shared_step(steps)

@@ -45,7 +45,8 @@ class DevEvaluator:
         self.examples = {t.name: dev_sample(read_examples(dev_files[t.name]), cfg.eval_max_examples, cfg.seed, t.name)
                          for t in self.tasks}
         self.selection = Selection({t.name: t.primary_metric for t in self.tasks}, cfg.selection, cfg.patience)
-        self.engine, self.skeleton, self.tokenizer, self.max_length, self.log = engine, skeleton, tokenizer, max_length, log
+        self.engine, self.skeleton, self.log = engine, skeleton, log
+        self.tokenizer, self.max_length = tokenizer, max_length
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.last
