@@ -124,6 +124,9 @@ class TaskDataConfig(BaseModel):
     )
     label_alignment: LabelAlignment = Field(
         "first", description="token tasks: which subwords of a word carry its label in training")
+    auxiliary: bool = Field(
+        False, description="trained (sampled, weighted) to help the other tasks, but never exported, evaluated, "
+                           "gated or registered")
     max_train_examples: int | None = Field(None, gt=0, description="subsample train to this many (seeded)")
     max_dev_examples: int | None = Field(None, gt=0, description="subsample dev to this many (seeded)")
     sample_seed: int = 13

@@ -22,6 +22,8 @@ from data_prep.tokenize import tokenize_with_stats
 
 # settings that only tokenization reads: changing them must not redo ingest
 TOKENIZE_ONLY = {"label_alignment"}
+# settings that only training reads: changing them must redo neither step
+TRAINING_ONLY = {"auxiliary"}
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -67,7 +69,7 @@ def ingest_key(cfg: TaskDataConfig, data_dir: str | None, s3: S3Config | None,
     sources = source_fingerprints(cfg, data_dir, s3)
     if sources is None:
         return None
-    settings = cfg.model_dump(mode="json", exclude=TOKENIZE_ONLY)
+    settings = cfg.model_dump(mode="json", exclude=TOKENIZE_ONLY | TRAINING_ONLY)
     return digest("ingest", code_version(), settings, sources, previous_labels)
 
 

@@ -96,7 +96,8 @@ def load_config(path: str | Path) -> PipelineConfig:
 def semantic_problems(cfg: PipelineConfig) -> list[str]:
     """Checks across fields: the training sections (training.validation), duplicate tasks, files that must exist."""
     names = [t.name for t in cfg.tasks]
-    problems = config_problems(cfg.training, cfg.deepspeed, names, cfg.encoder)
+    problems = config_problems(cfg.training, cfg.deepspeed, names, [t.name for t in cfg.tasks if t.auxiliary],
+                               cfg.encoder)
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: task name {dup!r} is used more than once; names must be unique")
     issues = IssueCollector()

@@ -48,9 +48,9 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
     tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
     specs = [spec_for(t, ingested[t.name]["labels"]) for t in config.tasks]
     features = {n: r["features"] for n, r in tokenized.items()}
-    export_dir = train(config.encoder, config.training, config.deepspeed, specs, features, run_dir)
-    metrics = evaluate(export_dir, specs, {n: r["splits"]["dev"] for n, r in ingested.items()},
-                       config.training.eval_batch_size)
+    dev = {n: r["splits"]["dev"] for n, r in ingested.items()}
+    export_dir = train(config.encoder, config.training, config.deepspeed, specs, features, run_dir, dev)
+    metrics = evaluate(export_dir, specs, dev, config.training.eval_batch_size)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
                           {**mlflow_params(config), **data_params(tokenized)}, metrics,
                           task_affinity(export_dir, features, config.affinity))

@@ -22,7 +22,7 @@ from training.release.registry import (champion_labels, default_artifact_root, p
 from training.evaluation.evaluate import evaluate_model
 from training.launch.layout import RunLayout
 from training.launch.train import train_model
-from training.task_spec import TaskSpec
+from training.task_spec import TaskSpec, exported
 
 
 def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
@@ -110,9 +110,10 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @task(name="train", **TASK_DEFAULTS)
 def train(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig, specs: list[TaskSpec],
-          features: dict[str, str], run_dir: str) -> str:
+          features: dict[str, str], run_dir: str, dev: dict[str, str] | None = None) -> str:
+    """`dev`: each task's ingested dev split, for evaluation during training (`training.eval_every`)."""
     logger = get_run_logger()
-    return train_model(encoder, training, deepspeed, specs, features, run_dir, logger.info)
+    return train_model(encoder, training, deepspeed, specs, features, run_dir, logger.info, dev)
 
 
 @task(name="evaluate", **TASK_DEFAULTS)
@@ -163,7 +164,7 @@ def promote(registered: dict[str, Any], specs: list[TaskSpec], promotion: Promot
     logger = get_run_logger()
     if not promotion.enabled:
         return {"promoted": False, "reasons": ["promotion disabled in config"]}
-    primary = {s.name: s.primary_metric for s in specs}
+    primary = {s.name: s.primary_metric for s in exported(specs)}
     promoted, reasons = promote_if_better(registered["tracking_uri"], registered["model_name"],
                                           registered["version"], primary, promotion)
     verdict = "promoted to " + promotion.alias if promoted else "kept as challenger: " + "; ".join(reasons)

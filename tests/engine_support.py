@@ -43,13 +43,15 @@ def tiny_tasks(encoder: Path, data_dir: Path, out: Path) -> tuple[list[TaskSpec]
 
 
 def train(encoder: Path, tasks: tuple[list[TaskSpec], dict[str, str]], run_dir: Path,
-          deepspeed: dict[str, Any] | None = None, log: list[str] | None = None, **training: Any) -> str:
+          deepspeed: dict[str, Any] | None = None, log: list[str] | None = None,
+          dev: dict[str, str] | None = None, **training: Any) -> str:
+    """`dev`: each task's dev examples (prepare_tasks' third item), for training.eval_every."""
     settings = {"steps": 8, "micro_batch_size": 4, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2,
                 "processes": 2, "threads_per_process": 1, **training}
     lines = log if log is not None else []
     return train_model(EncoderConfig(name_or_path=str(encoder), max_length=48, dropout=0.1),
                        TrainingConfig(**settings), DeepSpeedConfig(**(deepspeed or {})), tasks[0], tasks[1],
-                       run_dir, lines.append)
+                       run_dir, lines.append, dev)
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:

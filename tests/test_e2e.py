@@ -1,5 +1,7 @@
 """The retrain flow end to end: a tiny real encoder, 2 real DeepSpeed processes, a real Prefect
-engine, a real MLflow store. Then a second run, gated against the first."""
+engine, a real MLflow store. Then a second run, gated against the first, that evaluates during
+training. Both train an auxiliary task (CoNLL-2003 part-of-speech tags) that is never exported,
+evaluated or registered."""
 from __future__ import annotations
 
 import json
@@ -18,9 +20,15 @@ def runs(tiny_encoder, data_dir, tmp_path_factory, prefect_engine):
     from flows.retrain import retrain
 
     state = tmp_path_factory.mktemp("state")
-    first = retrain(parse_config(tiny_config(tiny_encoder, state, data_dir)))
-    second = retrain(parse_config(tiny_config(tiny_encoder, state, data_dir, seed=7)))
+    first = retrain(parse_config(with_auxiliary(tiny_config(tiny_encoder, state, data_dir))))
+    second = retrain(parse_config(with_auxiliary(tiny_config(tiny_encoder, state, data_dir, seed=7, eval_every=6))))
     return first, second
+
+
+def with_auxiliary(config: dict) -> dict:
+    ner = config["tasks"][1]
+    helper = {**ner, "name": "ptb", "tag_column": 1, "label_scheme": "plain", "auxiliary": True}
+    return {**config, "tasks": config["tasks"] + [helper]}
 
 
 def test_first_run_registers_champion(runs):
@@ -113,3 +121,19 @@ def test_task_affinity_matrix_is_logged(runs):
     logged = MlflowClient(first["tracking_uri"]).get_run(first["run_id"]).data.metrics
     cells = {k for k in logged if k.startswith("affinity.")}
     assert cells == {f"affinity.{i}.{j}" for i in ("pos", "ner", "sst2") for j in ("pos", "ner", "sst2")}
+
+
+def test_the_auxiliary_task_trains_but_is_not_registered_and_dev_curves_come_from_training(runs):
+    first, second = runs
+    client = MlflowClient(second["tracking_uri"])
+    for summary in runs:
+        logged = client.get_run(summary["run_id"]).data.metrics
+        assert not [k for k in logged if ".ptb." in k or k.startswith("dev.ptb")]
+        assert "ptb" not in summary["metrics"]
+    assert client.get_run(first["run_id"]).data.params["data.ptb.examples"] == "128"  # it was trained on
+    assert [m.step for m in client.get_metric_history(second["run_id"], "train.dev.ner.entity_f1")] == [6, 12]
+    assert not client.get_metric_history(first["run_id"], "train.dev.ner.entity_f1")
+    from pathlib import Path
+
+    card = json.loads((Path(second["run_dir"]) / "model" / "mtl_model.json").read_text())
+    assert set(card["selection"]["tasks"]) == {"pos", "ner", "sst2"}

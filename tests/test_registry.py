@@ -93,3 +93,23 @@ def test_table_artifacts_show_every_column():
     rows = table([{"task": "pos", "accuracy": 0.9}, {"task": "ner", "accuracy": 0.8, "entity_f1": 0.7}])
     assert [list(r) for r in rows] == [["task", "accuracy", "entity_f1"]] * 2
     assert rows[0]["entity_f1"] == ""
+
+
+def test_training_curves_take_evaluations_during_training_as_dev_step_metrics(tmp_path):
+    import json
+
+    from training.release.registry import training_curves
+
+    rows = [{"step": 2, "task": "pos", "loss": 1.5, "lr": 0.1, "time": 1.0, "task_weights": {"pos": 1.0}},
+            {"step": 2, "time": 1.5, "eval": {"pos": {"accuracy": 0.5}, "ner": {"accuracy": 0.7, "entity_f1": 0.2}},
+             "best": {"pos": 2, "ner": 2}},
+            {"step": 4, "time": 2.0, "eval": {"pos": {"accuracy": 0.6}, "ner": {"accuracy": 0.8, "entity_f1": 0.1}},
+             "best": {"pos": 4, "ner": 2}}]
+    for name in ("single.jsonl", "stage.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curves = training_curves({"": str(tmp_path / "single.jsonl"), "finetune-pos": str(tmp_path / "stage.jsonl")})
+    got = {(m.key, m.step): m.value for m in curves}
+    assert got[("train.dev.pos.accuracy", 4)] == 0.6 and got[("train.dev.ner.entity_f1", 2)] == 0.2
+    assert got[("train.finetune-pos.dev.ner.accuracy", 4)] == 0.8
+    assert got[("train.loss.pos", 2)] == 1.5 and got[("train.finetune-pos.lr", 2)] == 0.1
+    assert len(curves) == 2 * (3 + 3 + 3)  # per log: lr, loss, weight; then 3 dev metrics per evaluation

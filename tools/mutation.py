@@ -87,7 +87,7 @@ MUTANTS: list[Mutant] = [
            "        barrier()\n        if rank == 0:\n",
            PUBLISH),
     mutant("planted-weighting-state-not-resumed", "training/trainer/worker.py",
-           'states={"batches": data, "weighting": weighting}', 'states={"batches": data}', RESUME + "[dwa]"),
+           'states: dict[str, Any] = {"batches": data, "weighting": weighting}', 'states: dict[str, Any] = {"batches": data}', RESUME + "[dwa]"),
     # -- the promotion gate --
     mutant("gate-ignores-tolerance", "training/release/registry.py",
            "champion[key] - tolerance - GATE_SLACK", "champion[key] - GATE_SLACK",
@@ -196,7 +196,7 @@ MUTANTS: list[Mutant] = [
            PUBLISH),
     # -- resume of the weighting, data and sampler state --
     mutant("data-counters-not-resumed", "training/trainer/worker.py",
-           'states={"batches": data, "weighting": weighting}', 'states={"weighting": weighting}', RESUME + "[uncertainty-temperature]"),
+           'states: dict[str, Any] = {"batches": data, "weighting": weighting}', 'states: dict[str, Any] = {"weighting": weighting}', RESUME + "[uncertainty-temperature]"),
     mutant("rng-state-not-resumed", "training/trainer/worker.py",
            'rank_states={"rng": RandomState()}', "rank_states={}", RESUME + "[uncertainty-temperature]"),
     mutant("resume-forgets-the-step", "training/trainer/checkpointer.py",

@@ -80,6 +80,17 @@ class TrainingConfig(BaseModel):
     log_memory: bool = Field(False, description="log the peak bytes of live tensors (model, gradients, "
                              "optimizer) per process; scans the heap every micro-step, so for benchmarks only")
     eval_batch_size: int = Field(64, gt=0)
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations of every task's primary "
+                                   "metric on its dev split during training (off by default); with it the export "
+                                   "keeps the best step (see selection)")
+    eval_max_examples: int | None = Field(None, gt=0, description="evaluate during training on a fixed, seeded "
+                                          "sample of this many dev examples per task (default: the whole split)")
+    selection: Literal["per_task", "mean"] = Field(
+        "per_task", description="with eval_every, which weights are exported: per_task = each task's encoder and "
+                                "head from its own best step (sharing: hard); mean = one step for all tasks, the "
+                                "best mean of the primary metrics")
+    patience: int | None = Field(None, ge=1, description="with eval_every: stop early once no task improved its "
+                                 "best dev score for this many evaluations")
     timeout_s: int = Field(6 * 3600, gt=0, description="wall-clock limit of the launched training")
     threads_per_process: int | None = Field(None, ge=1, description="torch threads per process on CPU")
 

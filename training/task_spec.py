@@ -17,6 +17,7 @@ class TaskSpec(BaseModel):
     type: TaskType
     labels: list[str]
     label_scheme: Literal["plain", "bio"] = "plain"
+    auxiliary: bool = False  # trained to help the others; never exported, evaluated, gated or registered
 
     @property
     def num_labels(self) -> int:
@@ -34,7 +35,13 @@ class TaskSpec(BaseModel):
 
 def spec_for(task: TaskDataConfig, labels: list[str]) -> TaskSpec:
     """The training view of a task's data config, once its label list is known."""
-    return TaskSpec(name=task.name, type=task.type, labels=labels, label_scheme=task.label_scheme)
+    return TaskSpec(name=task.name, type=task.type, labels=labels, label_scheme=task.label_scheme,
+                    auxiliary=task.auxiliary)
+
+
+def exported(tasks: list[TaskSpec]) -> list[TaskSpec]:
+    """The tasks a model is exported, evaluated, gated and registered with (auxiliary ones left out)."""
+    return [t for t in tasks if not t.auxiliary]
 
 
 @dataclass

@@ -21,12 +21,54 @@ RETIRED_SHARING = {
 
 
 def config_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, tasks: list[str],
-                    encoder: EncoderConfig | None = None) -> list[str]:
-    """Every problem of the training and deepspeed sections for these task names (and, given the
-    encoder section, of batching against its input length)."""
+                    auxiliary: list[str] | None = None, encoder: EncoderConfig | None = None) -> list[str]:
+    """Every problem of the training and deepspeed sections for these task names (`auxiliary`: the
+    ones that are trained but never exported; given the encoder section, batching against its input
+    length too)."""
+    aux = list(auxiliary or [])
     return (name_problems(training) + combination_problems(training, deepspeed, tasks)
-            + schedule_problems(training, tasks) + deepspeed_problems(deepspeed) + training_problems(training)
+            + schedule_problems(training, tasks, aux) + deepspeed_problems(deepspeed) + training_problems(training)
+            + evaluation_problems(training) + auxiliary_problems(training, tasks, aux)
             + (batching_problems(training, encoder) if encoder is not None else []))
+
+
+def evaluation_problems(training: TrainingConfig) -> list[str]:
+    """Evaluation during training and what it selects."""
+    problems = []
+    if training.patience is not None and training.eval_every is None:
+        problems.append("training.patience: early stopping counts evaluations during training; set "
+                        "training.eval_every too, or remove patience")
+    if training.eval_every is not None and training.selection == "per_task" and training.sharing != "hard" \
+            and training.schedule == "single":
+        # only hard sharing exports exactly a shared encoder plus one head per task, so one task's
+        # encoder and head can be taken from another step as a multi_encoder copy
+        problems.append(f"training.selection: per_task selection exports each task's encoder and head from its own "
+                        f"best step, which needs sharing: hard ({training.sharing!r} has task-specific parts "
+                        f"inside the shared model); set training.selection: mean to export the one step with the "
+                        f"best mean of the tasks' primary dev metrics")
+    return problems
+
+
+def auxiliary_problems(training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[str]:
+    """Auxiliary tasks are trained but dropped from the export: something must remain, and the
+    export without them must still be a model the strategy can rebuild."""
+    if not auxiliary:
+        return []
+    problems = []
+    if set(tasks) <= set(auxiliary):
+        problems.append(f"tasks: every task is auxiliary ({sorted(auxiliary)}), so nothing would be exported; set "
+                        f"auxiliary: false on the task(s) the model is for")
+    if training.sharing == "adversarial":
+        problems.append(f"training.sharing: adversarial's task discriminator has one output per task, so a model "
+                        f"without the auxiliary task(s) {sorted(auxiliary)} cannot be exported; use hard, soft or "
+                        f"attention sharing, or make them ordinary tasks")
+    own: set[str] = set()
+    if training.sharing == "multi_encoder":
+        own = set(training.sharing_params.get("task_encoders") or []) & set(auxiliary)
+    if own:
+        problems.append(f"training.sharing_params.task_encoders: auxiliary task(s) {sorted(own)} are never exported "
+                        f"and an encoder of their own shares nothing with the other tasks; remove them there")
+    return problems
 
 
 def name_problems(training: TrainingConfig) -> list[str]:
@@ -45,10 +87,10 @@ def name_problems(training: TrainingConfig) -> list[str]:
     return problems
 
 
-def schedule_problems(training: TrainingConfig, tasks: list[str]) -> list[str]:
+def schedule_problems(training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[str]:
     if training.schedule not in SCHEDULES:
         return []  # reported by the name check
-    return SCHEDULES[training.schedule].config_problems(training, tasks)
+    return SCHEDULES[training.schedule].config_problems(training, tasks, auxiliary)
 
 
 def combination_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, tasks: list[str]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Inference from an exported model: every task from raw text, sharing encoder passes.
+"""Inference from an exported model, or from a live model during training: every task from raw
+text, sharing encoder passes.
 
 Token tasks see the text split on whitespace (long sentences are chunked like in training and
 stitched back); sentence tasks see the same encoding; pair tasks get a second pass over
@@ -16,21 +17,36 @@ from data_prep.config import is_pair_task, is_regression, is_token_task
 from data_prep.tokenize import encode_texts, encode_words
 from training.trainer.batches import collate
 from training.model.export import load_export
+from training.model.multitask import MultiTaskModel
 
 
 class Predictor:
     def __init__(self, export_dir: str | Path, batch_size: int = 64) -> None:
-        self.model, self.tokenizer, self.card = load_export(export_dir)
-        self.max_length = int(self.card["max_length"])
-        self.batch_size = batch_size
+        model, tokenizer, self.card = load_export(export_dir)
+        self._bind(model, tokenizer, int(self.card["max_length"]), batch_size)
+
+    @classmethod
+    def for_model(cls, model: MultiTaskModel, tokenizer: Any, max_length: int, batch_size: int = 64) -> "Predictor":
+        """A predictor over a model in memory (the one being trained), without an export. The
+        caller puts the model in eval mode for the predictions and back afterwards."""
+        predictor = cls.__new__(cls)
+        predictor.card = {"max_length": max_length}
+        predictor._bind(model, tokenizer, max_length, batch_size)
+        return predictor
+
+    def _bind(self, model: MultiTaskModel, tokenizer: Any, max_length: int, batch_size: int) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.max_length, self.batch_size = max_length, batch_size
         self.tasks = self.model.tasks
+        # a live model may sit on an accelerator; an exported one is loaded on the CPU
+        self.device = next(model.parameters()).device
 
     def _batches(self, rows: list[dict[str, Any]]):
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
             batch = collate([{**r, "labels": 0} for r in chunk], self.tokenizer.pad_token_id)
             batch.pop("labels")
-            yield start, batch
+            yield start, {k: v.to(self.device) for k, v in batch.items()}
 
     def _sentence_outputs(self, task: str, logits: torch.Tensor) -> list[Any]:
         """A label per row for classification, the predicted value for regression."""

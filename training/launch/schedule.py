@@ -7,10 +7,13 @@
   `init_from`, kept apart from resume: each stage resumes only its own checkpoints). The assembly
   writes one export: the multi-task encoder for tasks not fine-tuned, and each fine-tuned task's
   own encoder and head (`multi_encoder` sharing), with every stage's provenance on the card.
+  Auxiliary tasks train in the multi-task stage only. With `eval_every`, the multi-task stage
+  exports the step with the best mean of the primary dev metrics (one step: it is what every
+  fine-tuning stage starts from) and each fine-tuning stage its own task's best step.
 
-Contract of a schedule: `Params` (pydantic), `config_problems(training, tasks)`, `plan(training,
-tasks) -> [Stage]` and `assemble(stages, exports, out_dir, log) -> export folder`. One registry:
-`SCHEDULES`.
+Contract of a schedule: `Params` (pydantic), `config_problems(training, tasks, auxiliary)`,
+`plan(training, tasks, auxiliary) -> [Stage]` and `assemble(stages, exports, out_dir, log) -> export
+folder`. One registry: `SCHEDULES`.
 """
 from __future__ import annotations
 
@@ -53,11 +56,11 @@ class SingleSchedule:
     Params: ClassVar[type[BaseModel]] = NoParams
 
     @classmethod
-    def config_problems(cls, training: TrainingConfig, tasks: list[str]) -> list[str]:
+    def config_problems(cls, training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[str]:
         return params_problems(cls.Params, training.schedule_params)
 
     @staticmethod
-    def plan(training: TrainingConfig, tasks: list[str]) -> list[Stage]:
+    def plan(training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[Stage]:
         return [Stage(name=SINGLE, role="multitask", tasks=list(tasks), training=training)]
 
     @staticmethod
@@ -76,12 +79,15 @@ class MtdnnSchedule:
     Params: ClassVar[type[BaseModel]] = MtdnnParams
 
     @classmethod
-    def config_problems(cls, training: TrainingConfig, tasks: list[str]) -> list[str]:
+    def config_problems(cls, training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[str]:
         problems = params_problems(cls.Params, training.schedule_params)
-        unknown = set(training.schedule_params.get("finetune_tasks") or []) - set(tasks)
-        if unknown:
+        named = set(training.schedule_params.get("finetune_tasks") or [])
+        if unknown := named - set(tasks):
             problems.append(f"training.schedule_params.finetune_tasks: unknown task(s) {sorted(unknown)}; "
                             f"tasks are {tasks}")
+        if helpers := named & set(auxiliary):
+            problems.append(f"training.schedule_params.finetune_tasks: {sorted(helpers)} auxiliary, never exported, "
+                            f"so never fine-tuned; remove them there")
         if training.sharing != "hard":
             problems.append(f"training.sharing: the mtdnn schedule fine-tunes each task from the multi-task "
                             f"stage's shared encoder, which needs sharing: hard in that stage ({training.sharing!r} "
@@ -89,17 +95,20 @@ class MtdnnSchedule:
         return problems
 
     @classmethod
-    def plan(cls, training: TrainingConfig, tasks: list[str]) -> list[Stage]:
+    def plan(cls, training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[Stage]:
         params = MtdnnParams(**training.schedule_params)
-        first = training.model_copy(update={"schedule": "single", "schedule_params": {}})
+        # one step for all tasks: the multi-task export is the start of every fine-tuning stage
+        first = training.model_copy(update={"schedule": "single", "schedule_params": {}, "selection": "mean"})
         stages = [Stage(name="multitask", role="multitask", tasks=list(tasks), training=first)]
-        steps = params.finetune_steps or max(1, training.steps // len(tasks))
+        main = [t for t in tasks if t not in auxiliary]
+        tuned_tasks = params.finetune_tasks or main
+        steps = params.finetune_steps or max(1, training.steps // len(main))
         tuned = training.model_copy(update={
             "schedule": "single", "schedule_params": {}, "weighting": "equal", "weighting_params": {},
             "sampler": "proportional", "steps": steps,
             "warmup_steps": max(1, min(training.warmup_steps, steps // 10)),  # DeepSpeed refuses 0
             "checkpoint_every": min(training.checkpoint_every, steps)})
-        for task in params.finetune_tasks or tasks:
+        for task in tuned_tasks:
             stages.append(Stage(name=f"finetune-{task}", role="finetune", tasks=[task], training=tuned,
                                 init_from="multitask"))
         return stages
@@ -112,6 +121,7 @@ class MtdnnSchedule:
 
         from training.model.export import CARD, ENCODER_DIR, export_weights, read_card, write_export
         from training.model.multitask import build_model_skeleton
+        from training.model.sharing.multi_encoder import own_encoder_entries
         from training.task_spec import TaskSpec
 
         if (out_dir / CARD).is_file():
@@ -122,11 +132,7 @@ class MtdnnSchedule:
         tasks = [TaskSpec(**t) for t in card.pop("tasks")]
         state = dict(export_weights(base))
         for task, folder in tuned.items():
-            for key, value in export_weights(folder).items():
-                if key.startswith("sharing.encoder."):
-                    state["sharing.task_encoders." + task + "." + key[len("sharing.encoder."):]] = value
-                elif key.startswith(f"heads.{task}."):
-                    state[key] = value
+            state.update(own_encoder_entries(task, export_weights(folder)))
         params = {"task_encoders": sorted(tuned)}
         model = build_model_skeleton(Path(base) / ENCODER_DIR, tasks, "multi_encoder", card.get("dropout", 0.1), params)
         if missing := set(model.state_dict()) - set(state):
@@ -134,10 +140,20 @@ class MtdnnSchedule:
         card.update({"sharing": "multi_encoder", "sharing_params": params,
                      "head_stage": {t.name: f"finetune-{t.name}" if t.name in tuned else "multitask" for t in tasks},
                      "schedule": {"name": "mtdnn", "stages": [stage_card(s, exports[s.name]) for s in stages]}})
+        if "selection" in card:
+            card["selection"] = assembled_selection(card["selection"], {t: read_card(f) for t, f in tuned.items()})
         tokenizer = AutoTokenizer.from_pretrained(str(Path(base) / "tokenizer"))
         write_export(out_dir, {k: v.to(torch.float32) for k, v in state.items()}, model, tokenizer, card)
         log(f"assembled the mtdnn model at {out_dir}: fine-tuned {sorted(tuned)}")
         return str(out_dir)
+
+
+def assembled_selection(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per task, the stage and step its weights come from and the dev score that chose them."""
+    chosen = {t: {**entry, "stage": "multitask"} for t, entry in base["tasks"].items()}
+    for task, card in tuned_cards.items():
+        chosen[task] = {**card["selection"]["tasks"][task], "stage": f"finetune-{task}"}
+    return {**base, "tasks": chosen}
 
 
 def stage_card(stage: Stage, export: str) -> dict[str, Any]:

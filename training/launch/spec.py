@@ -16,6 +16,8 @@ class WorkerSpec(BaseModel):
     deepspeed: DeepSpeedConfig
     tasks: list[TaskSpec]
     features: dict[str, str]
+    dev: dict[str, str] = Field(default_factory=dict, description="validated dev examples per evaluated task "
+                                "(evaluation during training)")
     checkpoint_dir: str = Field(description="local folder or fsspec URL (s3://...) of this stage's checkpoints")
     checkpoint_staging_dir: str | None = Field(None, description="node-local folder for a remote checkpoint_dir")
     export_dir: str

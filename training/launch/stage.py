@@ -38,8 +38,9 @@ def launcher_env() -> dict[str, str]:
 
 def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list[TaskSpec],
                  features: dict[str, str], layout: RunLayout, stage: Stage, log: Callable[[str], None],
-                 init_from: str | None = None) -> str:
-    """Run `stage` (this node's part of it); returns its export folder (written by node 0)."""
+                 init_from: str | None = None, dev: dict[str, str] | None = None) -> str:
+    """Run `stage` (this node's part of it); returns its export folder (written by node 0). `dev`:
+    each task's validated dev examples, for evaluation during training."""
     training = stage.training
     export_dir = layout.stage_export(stage.name)
     if (export_dir / CARD).is_file():
@@ -50,7 +51,8 @@ def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list
     checkpoints, staging = layout.checkpoints(stage.name, training.checkpoint_uri)
     spec = WorkerSpec(encoder=encoder, training=training, deepspeed=deepspeed,
                       tasks=[t for t in tasks if t.name in stage.tasks],
-                      features={t: features[t] for t in stage.tasks}, checkpoint_dir=checkpoints,
+                      features={t: features[t] for t in stage.tasks},
+                      dev={t: d for t, d in (dev or {}).items() if t in stage.tasks}, checkpoint_dir=checkpoints,
                       checkpoint_staging_dir=staging, export_dir=str(export_dir),
                       metrics_file=str(layout.metrics_file(stage.name)), init_from=init_from, stage=stage.name)
     spec_path = layout.spec_file(stage.name)

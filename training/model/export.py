@@ -36,6 +36,18 @@ def write_export(out_dir: str | Path, state_dict: dict[str, torch.Tensor], model
     return out
 
 
+def state_for(model: MultiTaskModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The entries of a trained model's state dict that `model` (the export's shape: e.g. without
+    auxiliary tasks) consists of; every one must be there, with its shape."""
+    own = inference_state(model.state_dict())
+    missing = sorted(k for k in own if k not in state)
+    wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+    if missing or wrong:
+        raise ValueError(f"the trained weights do not make the exported model: missing {missing[:5]}, "
+                         f"wrong shape {wrong[:5]}")
+    return {k: state[k] for k in own}
+
+
 def export_weights(export_dir: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(Path(export_dir) / WEIGHTS))
 

@@ -104,7 +104,8 @@ def run_files(run_dir: str | Path, export_dir: str | Path) -> tuple[dict[str, st
 
 def training_curves(logs: dict[str, str]) -> list[Metric]:
     """Step metrics from the workers' training logs: the loss of the task(s) trained at each logged
-    step, the learning rate and the task weights; a staged run's stages apart (`train.<stage>.`)."""
+    step, the learning rate and the task weights, and each evaluation during training's dev metrics
+    (`<prefix>.dev.<task>.<metric>`); a staged run's stages apart (`train.<stage>.`)."""
     out: list[Metric] = []
     for stage, path in logs.items():
         prefix = f"train.{stage}" if stage else "train"
@@ -113,12 +114,22 @@ def training_curves(logs: dict[str, str]) -> list[Metric]:
                 continue
             row = json.loads(line)
             step, stamp = int(row["step"]), int(1000 * row.get("time", time.time()))
-            values = {f"{prefix}.lr": row.get("lr")}
-            losses = row.get("task_losses") or ({row["task"]: row["loss"]} if row.get("task") != "all" else {})
-            values.update({f"{prefix}.loss.{task}": loss for task, loss in losses.items()})
-            values.update({f"{prefix}.weight.{task}": w for task, w in (row.get("task_weights") or {}).items()})
+            values = eval_values(prefix, row["eval"]) if "eval" in row else step_values(prefix, row)
             out += [Metric(key, float(v), stamp, step) for key, v in values.items() if v is not None]
     return out
+
+
+def step_values(prefix: str, row: dict[str, Any]) -> dict[str, float | None]:
+    values = {f"{prefix}.lr": row.get("lr")}
+    losses = row.get("task_losses") or ({row["task"]: row["loss"]} if row.get("task") != "all" else {})
+    values.update({f"{prefix}.loss.{task}": loss for task, loss in losses.items()})
+    values.update({f"{prefix}.weight.{task}": w for task, w in (row.get("task_weights") or {}).items()})
+    return values
+
+
+def eval_values(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float | None]:
+    return {f"{prefix}.{metric_key(task, metric)}": value for task, named in metrics.items()
+            for metric, value in named.items()}
 
 
 def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run_key: str, export_dir: str,

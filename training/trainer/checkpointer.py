@@ -5,12 +5,13 @@ adding an entry, nowhere else."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from training.trainer.checkpoints import CheckpointStore
+from training.trainer.checkpoints import CheckpointStore, tag_for
 from training.trainer.engine import Engine
 
 
@@ -40,15 +41,17 @@ class RandomState:
 
 class Checkpointer:
     def __init__(self, engine: Engine, store: CheckpointStore, keep: int, states: dict[str, Stateful],
-                 rank_states: dict[str, Stateful]) -> None:
+                 rank_states: dict[str, Stateful], pinned: Callable[[], set[int]] = set) -> None:
         """`states` are the same on every process (saved once, with the engine's client state);
-        `rank_states` differ per process (one file per rank)."""
+        `rank_states` differ per process (one file per rank); `pinned` gives the steps whose
+        checkpoints are kept besides the newest `keep` (the best steps of evaluation)."""
         self.engine, self.store, self.keep = engine, store, keep
-        self.states, self.rank_states = states, rank_states
+        self.states, self.rank_states, self.pinned = states, rank_states, pinned
 
     def save(self, step: int) -> None:
         client = {"step": step, **{name: part.state_dict() for name, part in self.states.items()}}
         ranks = {name: part.state_dict() for name, part in self.rank_states.items()}
+        self.store.pin({tag_for(s) for s in self.pinned()})
         self.engine.save(self.store, step, client, ranks, self.keep)
 
     def restore(self) -> int:

@@ -7,6 +7,9 @@ ever consider tags with the marker, so a crash mid-save leaves debris, never a h
 For a remote store DeepSpeed still writes to a node-local staging folder (it only writes local
 paths); then each node's local rank 0 uploads its node's files, and after a barrier global rank 0
 writes the marker. Resuming downloads the newest complete tag into the staging folder.
+
+Pruning keeps the newest `keep` checkpoints and every pinned one (the best steps of evaluation
+during training, which the export is assembled from).
 """
 from __future__ import annotations
 
@@ -43,6 +46,11 @@ class CheckpointStore:
         # the folder DeepSpeed reads and writes: the store itself when it is local
         self.local = str(staging_dir if self.remote else uri)
         Path(self.local).mkdir(parents=True, exist_ok=True)
+        self.pinned: set[str] = set()
+
+    def pin(self, tags: set[str]) -> None:
+        """Tags that pruning must keep besides the newest ones (replaces the previous pins)."""
+        self.pinned = set(tags)
 
     def _fs(self) -> Any:
         """The fsspec filesystem of the store (imported lazily: local runs need no s3fs)."""
@@ -111,13 +119,15 @@ class CheckpointStore:
         if self.remote:
             fs = self._fs()
             for tag in tags[:-keep]:
-                fs.rm(f"{self.uri}/{tag}", recursive=True)
+                if tag not in self.pinned:
+                    fs.rm(f"{self.uri}/{tag}", recursive=True)
             return
         self._prune_local(keep, tags[-1])
 
     def _prune_local(self, keep: int, newest: str) -> None:
         complete = local_complete_tags(self.local)
-        drop = set(complete[:-keep]) if not self.remote else {t for t in complete if t != newest}
+        # a remote store's staging folder keeps only the newest tag: pinned ones are fetched when needed
+        drop = set(complete[:-keep]) - self.pinned if not self.remote else {t for t in complete if t != newest}
         for path in Path(self.local).iterdir():
             # a folder without the marker older than the newest complete one is debris of a crash
             if path.is_dir() and path.name.startswith("step_") and (

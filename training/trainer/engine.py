@@ -4,6 +4,7 @@ where this code works around DeepSpeed itself is `training.trainer.deepspeed_fix
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,41 @@ class Engine:
         root = store.fetch(tag)
         state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
         return {k: v.float().contiguous() for k, v in state.items()}
+
+    def checkpoint_weights(self, store: CheckpointStore, tag: str) -> dict[str, torch.Tensor]:
+        """Full fp32 weights of any complete checkpoint, read from its files by this process alone
+        (no collective): the weights of an earlier, selected step."""
+        root = store.fetch(tag)
+        if self.zero_stage == 0:  # no partitions: the module's own state file holds every weight
+            state = torch.load(Path(root) / tag / "mp_rank_00_model_states.pt", map_location="cpu",
+                               weights_only=False)["module"]
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+            state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+        return {k: v.float().contiguous() for k, v in state.items()}
+
+    def inference_model(self, skeleton: Callable[[], nn.Module]) -> nn.Module:
+        """The model with every weight on this process, in eval mode, to predict without collectives
+        (each process evaluates its own share of a dev split): the engine's module below ZeRO-3.
+        Under ZeRO-3 each process holds a partition, so a plain copy (built once by `skeleton`) is
+        refreshed from the gathered weights: a collective, which every process calls at the same step.
+        `train()` puts the engine's module back in training mode."""
+        module = self.engine.module
+        if self.zero_stage < 3:
+            return module.eval()
+        copy = getattr(self, "_inference_copy", None)
+        if copy is None:
+            # its random init must not draw from the training's streams: with evaluation or without,
+            # resumed or not, training sees the same dropout masks
+            with torch.random.fork_rng(devices=[]):
+                copy = self._inference_copy = skeleton().to(self.engine.device).eval()
+        own = dict(copy.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            for name, param in module.named_parameters():
+                if name in own:  # training-only parameters (learned loss weights) have no place there
+                    own[name].data.copy_(param.data)
+        return copy
 
 
 def live_tensor_bytes() -> int:

@@ -1,12 +1,13 @@
 """The training loop each launched process runs, top to bottom: resume, then steps (which tasks,
-their batches, one `train_step`), a log line every `log_every` steps and a checkpoint every
-`checkpoint_every`. Loss values are read back from the device on logged steps only."""
+their batches, one `train_step`), a log line every `log_every` steps, an evaluation every
+`eval_every` (when set) and a checkpoint every `checkpoint_every`, or sooner when an evaluation found
+a step worth keeping. Loss values are read back from the device on logged steps only."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,16 @@ class MetricsLog:
                 handle.write(json.dumps(row) + "\n")
 
 
+class Evaluator(Protocol):
+    """Evaluation during training (`training.trainer.evaluator.DevEvaluator`)."""
+
+    stopped: bool
+
+    def due(self, step: int) -> bool: ...
+
+    def evaluate(self, step: int) -> bool: ...
+
+
 def gathered_ints(value: int) -> list[int]:
     """One integer from every rank, in rank order (on every rank)."""
     out = [0] * dist.get_world_size()
@@ -63,7 +74,9 @@ class Window:
 
 
 def train_loop(cfg: TrainingConfig, gas: int, engine: Engine, model: nn.Module, data: TaskBatches, sampler: Any,
-               weighting: Weighting, checkpointer: Checkpointer, log: MetricsLog, world: int) -> None:
+               weighting: Weighting, checkpointer: Checkpointer, log: MetricsLog, world: int,
+               evaluator: Evaluator | None = None) -> int:
+    """Returns the last step trained (before `cfg.steps` when the evaluator stopped early)."""
     step = checkpointer.restore()
     if step:
         log.truncate_after(step)
@@ -72,7 +85,7 @@ def train_loop(cfg: TrainingConfig, gas: int, engine: Engine, model: nn.Module, 
     engine.train()
     started, window = time.time(), Window()
     losses: dict[str, torch.Tensor] = {}
-    while step < cfg.steps:
+    while step < cfg.steps and not (evaluator is not None and evaluator.stopped):
         for micro in range(gas):
             tasks = weighting.tasks if weighting.all_tasks_step else [sampler.sample(step * gas + micro)]
             batches = {task: data.next(task) for task in tasks}
@@ -83,8 +96,10 @@ def train_loop(cfg: TrainingConfig, gas: int, engine: Engine, model: nn.Module, 
         if step % cfg.log_every == 0 or step == cfg.steps:
             log.write(log_row(step, losses, engine, weighting, model, window, world, started, cfg.log_memory))
             window = Window()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        keep = evaluator is not None and evaluator.due(step) and evaluator.evaluate(step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or keep:
             checkpointer.save(step)
+    return step
 
 
 def log_row(step: int, losses: dict[str, torch.Tensor], engine: Engine, weighting: Weighting, model: nn.Module,

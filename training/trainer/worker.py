@@ -4,7 +4,9 @@
     torchrun --nproc_per_node 2 -m training.trainer.worker --spec RUN/train_spec.json
 
 It gets the training sub-configs and artifact paths (never the pipeline's root config),
-resumes from the newest complete checkpoint, and exports the consolidated model on rank 0.
+resumes from the newest complete checkpoint, and exports the consolidated model on rank 0: the
+last step's, or with evaluation during training the selected steps' (`training.evaluation.selection`).
+Auxiliary tasks are trained but left out of the export.
 """
 from __future__ import annotations
 
@@ -77,30 +79,90 @@ def train(spec: WorkerSpec) -> None:
             print(warning, flush=True)
         print("engine " + json.dumps(engine.describe()), flush=True)
     store = CheckpointStore(spec.checkpoint_dir, spec.checkpoint_staging_dir)
-    checkpointer = Checkpointer(engine, store, cfg.keep_checkpoints,
-                                states={"batches": data, "weighting": weighting}, rank_states={"rng": RandomState()})
+    log = MetricsLog(spec.metrics_file, rank)
+    states: dict[str, Any] = {"batches": data, "weighting": weighting}
+    evaluator = dev_evaluator(spec, engine, tokenizer, log)
+    if evaluator is not None:
+        states["selection"] = evaluator  # a resumed run keeps its best steps so far
+    checkpointer = Checkpointer(engine, store, cfg.keep_checkpoints, states=states,
+                                rank_states={"rng": RandomState()},
+                                pinned=evaluator.pinned if evaluator is not None else set)
     try:
-        train_loop(cfg, gas, engine, model, data, sampler, weighting, checkpointer,
-                   MetricsLog(spec.metrics_file, rank), world)
-        export(spec, engine, store, tag_for(cfg.steps), model, tokenizer)
+        last = train_loop(cfg, gas, engine, model, data, sampler, weighting, checkpointer, log, world, evaluator)
+        if evaluator is None:
+            export(spec, engine, store, tag_for(last), model, tokenizer)
+        else:
+            export_selected(spec, engine, store, evaluator.selection, model, tokenizer)
         dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
+def dev_evaluator(spec: WorkerSpec, engine: Any, tokenizer: Any, log: Any) -> Any:
+    """Evaluation during training, when `training.eval_every` asks for it (else None)."""
+    from training.model.multitask import build_model_skeleton, resolve_encoder_path
+    from training.trainer.evaluator import DevEvaluator
+
+    cfg = spec.training
+    if cfg.eval_every is None:
+        return None
+    encoder_path = resolve_encoder_path(spec.encoder.name_or_path)
+
+    def skeleton() -> torch.nn.Module:
+        return build_model_skeleton(encoder_path, spec.tasks, cfg.sharing, spec.encoder.dropout, cfg.sharing_params)
+
+    return DevEvaluator(cfg, spec.tasks, spec.dev, engine, skeleton, tokenizer, spec.encoder.max_length, log)
+
+
 def export(spec: WorkerSpec, engine: Any, store: Any, tag: str, model: torch.nn.Module, tokenizer: Any) -> None:
     """Consolidate the final ZeRO checkpoint to fp32 and write the model folder (rank 0)."""
-    from training.model.export import write_export
-
     state = engine.consolidated_state_dict(store, tag)
     if state is None:
         return
+    write_model(spec, state, model, tokenizer, spec.training.sharing, spec.training.sharing_params, {})
+
+
+def export_selected(spec: WorkerSpec, engine: Any, store: Any, selection: Any, model: torch.nn.Module,
+                    tokenizer: Any) -> None:
+    """Each task's weights from its selected step's checkpoint (rank 0): one step for all tasks is
+    the usual model, several a multi_encoder model (see `training.evaluation.selection`)."""
+    import torch.distributed as dist
+
+    from training.evaluation.selection import assemble
+    from training.trainer.checkpoints import tag_for
+
+    dist.barrier()
+    if engine.rank != 0:
+        return
+    steps = selection.steps()
+    states = {step: engine.checkpoint_weights(store, tag_for(step)) for step in sorted(set(steps.values()))}
+    state, own = assemble(states, steps)
     cfg = spec.training
-    card = {"sharing": cfg.sharing, "sharing_params": cfg.sharing_params, "dropout": spec.encoder.dropout,
+    sharing, params = ("multi_encoder", {"task_encoders": own}) if own else (cfg.sharing, cfg.sharing_params)
+    write_model(spec, state, model, tokenizer, sharing, params,
+                {"selection": {**selection.card(), "eval_every": cfg.eval_every,
+                               "eval_max_examples": cfg.eval_max_examples}})
+    print(f"selected steps {steps}" + (f"; own encoders for {own}" if own else ""), flush=True)
+
+
+def write_model(spec: WorkerSpec, state: dict[str, torch.Tensor], model: Any, tokenizer: Any, sharing: str,
+                params: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Write the export of the exported (not auxiliary) tasks with the given strategy."""
+    from training.model.export import state_for, write_export
+    from training.model.multitask import build_model_skeleton, resolve_encoder_path
+    from training.task_spec import exported
+
+    cfg = spec.training
+    tasks = exported(spec.tasks)
+    if len(tasks) < len(spec.tasks) or sharing != cfg.sharing:  # the trained model's shape is not the export's
+        model = build_model_skeleton(resolve_encoder_path(spec.encoder.name_or_path), tasks, sharing,
+                                     spec.encoder.dropout, params)
+        state = state_for(model, state)
+    card = {"sharing": sharing, "sharing_params": params, "dropout": spec.encoder.dropout,
             "max_length": spec.encoder.max_length,
             "steps": cfg.steps, "stage": spec.stage,
-            "head_stage": {t.name: spec.stage or "multitask" for t in spec.tasks}}
+            "head_stage": {t.name: spec.stage or "multitask" for t in tasks}, **extra}
     write_export(spec.export_dir, state, model, tokenizer, card)
     print(f"exported model to {spec.export_dir}", flush=True)
 

@@ -64,3 +64,18 @@ class MultiEncoderSharing(SharedEncoderModule):
             problems.append(f"training.sharing_params.task_encoders: unknown task(s) {sorted(unknown)}; "
                             f"tasks are {tasks}")
         return problems
+
+
+SHARED_PREFIX = "sharing.encoder."
+
+
+def own_encoder_entries(task: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`task`'s encoder copy and head in a multi_encoder state dict, taken from a hard-sharing state
+    dict (another run's or another step's): its shared encoder becomes the task's own encoder."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(SHARED_PREFIX):
+            out[f"sharing.task_encoders.{task}.{key[len(SHARED_PREFIX):]}"] = value
+        elif key.startswith(f"heads.{task}."):
+            out[key] = value
+    return out
