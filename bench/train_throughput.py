@@ -7,7 +7,8 @@
 Tokens are real (unpadded) tokens. Every configuration trains the same model initialisation on the
 very same (task, batch) sequence (the worker's sampler and length-grouped `TaskBatches`, by rows or
 by a token budget), in this process as a world of one:
-- plain loops (`plain_<precision>`): forward, backward, AdamW step, nothing else. fp32, or bf16
+- plain loops (`plain_<precision>`): forward, backward, AdamW step, the pipeline's learning-rate
+  schedule, nothing else. fp32, or bf16
   under torch.autocast with fp32 weights; torch's fused AdamW where the device has it
   (`plain_fp32_default_adamw`: torch.optim.AdamW's defaults, what a hand-written loop often runs;
   `plain_bf16_sync`: plus reading the loss on the host every step).
@@ -17,8 +18,8 @@ by a token budget), in this process as a world of one:
   configuration's tokens/s over the plain loop of the same precision: the pipeline's own overhead.
 - MFU on a GPU: 6 x parameters x real tokens/s over the bf16 dense peak (989e12 on an H100).
 The CPU run (default) keeps the earlier figures' method: the demo's encoder (the offline MiniLM) and
-tasks, configurations run in alternating blocks of steps (ABCDABCD..., the first block of each
-dropped as warm-up) because on a shared machine the load drifts; then the same for a tiny encoder
+tasks, configurations run in alternating blocks of steps (each round in a fresh order, the first block of
+each dropped as warm-up) because on a shared machine the load drifts; then the same for a tiny encoder
 (2 layers, hidden 64), where per-step overhead, not arithmetic, decides (`tiny_overhead_ratio`);
 then ZeRO memory: peak per-process bytes of live tensors with 2 launched worker processes.
 On a GPU each configuration runs alone after its warm-up block (synchronised timings, one model
@@ -36,6 +37,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
+import random  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -188,9 +190,16 @@ def autocast(precision: str, device: str) -> Any:
 
 
 def plain_step(model: MultiTaskModel, arm: Arm, train: TrainingConfig, device: str) -> Callable[[str, dict], None]:
+    from deepspeed.runtime.lr_schedules import WarmupDecayLR
+
     model.to(device).train()
     groups = param_groups(model, train.weight_decay)
     optimizer = adamw(groups, train.learning_rate) if arm.fused else torch.optim.AdamW(groups, lr=train.learning_rate)
+    # the pipeline's learning-rate schedule, so both take the very same steps (with a constant rate
+    # the plain loop's weights drifted elsewhere; on CPU, into slow subnormal arithmetic)
+    schedule = WarmupDecayLR(optimizer, total_num_steps=train.steps, warmup_min_lr=0.0,
+                             warmup_max_lr=train.learning_rate, warmup_num_steps=train.warmup_steps,
+                             warmup_type="linear")
 
     def step(task: str, batch: dict[str, torch.Tensor]) -> None:
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -199,6 +208,7 @@ def plain_step(model: MultiTaskModel, arm: Arm, train: TrainingConfig, device: s
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        schedule.step()
         if arm.sync:
             float(loss.detach())
     return step
@@ -236,8 +246,12 @@ def interleaved(arms: list[Arm], template: MultiTaskModel, train: TrainingConfig
     """Real tokens per second of each configuration over alternating blocks of `block` steps."""
     built = {arm.name: build_arm(arm, template, train, device) for arm in arms}
     totals = {name: [0, 0.0] for name in built}
+    order = random.Random(0)
     for first in range(0, len(run), block):
-        for name, (step, _, _) in built.items():
+        # a fresh order every round: on a loaded machine a fixed order (always the same position and
+        # the same predecessor) showed in the timings by a few per cent
+        for name in order.sample(list(built), len(built)):
+            step = built[name][0]
             synchronize(device)
             started = time.perf_counter()
             for task, batch in run[first:first + block]:
@@ -376,6 +390,10 @@ def main() -> None:
     args = parse_args()
     threads = args.threads or (1 if DEVICE == "cpu" else torch.get_num_threads())
     torch.set_num_threads(threads)
+    if DEVICE == "cpu":
+        # CPU arithmetic on subnormal floats is many times slower, so without this a configuration's
+        # speed depends on where its weights drift (clipping changes that): measured up to ~8 %
+        torch.set_flush_denormal(True)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     from flows.config import load_config
 
