@@ -1,9 +1,12 @@
 """The retrain flow: ingest -> tokenize -> train -> evaluate -> register -> promote.
 
 Run it with `mtl run CONFIG`, or directly: `python flows/retrain.py configs/demo.yaml`.
-"""
-from __future__ import annotations
 
+No `from __future__ import annotations` here: Prefect validates a flow's parameters against its
+annotations, and a runner (`serve`) ships the flows to each run's process by value, with only the
+names their code uses. A postponed annotation (the string "PipelineConfig") cannot be resolved
+there, and every served run of `retrain_from_file` failed before it started.
+"""
 import sys
 from pathlib import Path
 from typing import Any
