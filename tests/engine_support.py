@@ -46,8 +46,11 @@ def train(encoder: Path, tasks: tuple[list[TaskSpec], dict[str, str]], run_dir: 
           deepspeed: dict[str, Any] | None = None, log: list[str] | None = None,
           dev: dict[str, str] | None = None, **training: Any) -> str:
     """`dev`: each task's dev examples (prepare_tasks' third item), for training.eval_every."""
+    # torchrun starts the workers without the deepspeed runner's two extra interpreters that import
+    # DeepSpeed (seconds per launch, ~50 launches a suite); the deepspeed launcher keeps its own
+    # tests (the flow's end-to-end runs, multi-node, the rank SIGKILL) by passing launcher="deepspeed"
     settings = {"steps": 8, "micro_batch_size": 4, "warmup_steps": 2, "checkpoint_every": 4, "log_every": 2,
-                "processes": 2, "threads_per_process": 1, **training}
+                "processes": 2, "threads_per_process": 1, "launcher": "torchrun", **training}
     lines = log if log is not None else []
     return train_model(EncoderConfig(name_or_path=str(encoder), max_length=48, dropout=0.1),
                        TrainingConfig(**settings), DeepSpeedConfig(**(deepspeed or {})), tasks[0], tasks[1],
