@@ -70,7 +70,7 @@ def export(tiny_encoder, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def store(export, tmp_path_factory) -> str:
+def store(export, tmp_path_factory):
     """The export registered by the pipeline's own code as version 1, alias champion."""
     from training.config import RegistryConfig
     from training.release.registry import register_model, set_champion
@@ -80,7 +80,7 @@ def store(export, tmp_path_factory) -> str:
     reg = register_model(RegistryConfig(model_name=MODEL, experiment="serve"), uri, (folder / "artifacts").as_uri(),
                          "serve-run", str(export), {}, {"pos": {"accuracy": 0.5}}, {}, "challenger")
     set_champion(uri, MODEL, reg.version)
-    return uri
+    return reg
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def server(store, tmp_path_factory):
                "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"]
     with open(log, "wb") as sink:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "MLFLOW_TRACKING_URI": store})
+                                env={**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -198,10 +198,12 @@ def test_mtl_predict_reads_jsonl_from_the_registry_and_writes_the_chosen_tasks(s
     inputs = tmp_path / "in.jsonl"
     inputs.write_text(json.dumps({"id": "a", "tokens": TOKENS}) + "\n\n" + json.dumps(TEXT) + "\n")
     out = tmp_path / "out" / "predictions.jsonl"
-    assert main(["predict", f"models:/{MODEL}/1", str(inputs), "--out", str(out), "--tracking-uri", store,
-                 "--tasks", "sst2,pos"]) == 0
-    assert _lines(out) == [{"id": "a", "sst2": expected["tokens"]["sst2"], "pos": expected["tokens"]["pos"]},
-                           {"sst2": expected["text"]["sst2"], "pos": expected["text"]["pos"]}]
+    want = [{"id": "a", "sst2": expected["tokens"]["sst2"], "pos": expected["tokens"]["pos"]},
+            {"sst2": expected["text"]["sst2"], "pos": expected["text"]["pos"]}]
+    for uri in (f"models:/{MODEL}/1", f"runs:/{store.run_id}/model"):
+        assert main(["predict", uri, str(inputs), "--out", str(out), "--tracking-uri", store.tracking_uri,
+                     "--tasks", "sst2,pos"]) == 0
+        assert _lines(out) == want, uri
     assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temp file left
 
 
@@ -245,7 +247,7 @@ def test_mtl_predict_says_what_is_wrong_with_a_model_uri(store, tmp_path, capsys
 
     inputs = tmp_path / "in.jsonl"
     inputs.write_text('"A man sleeps ."\n')
-    assert main(["predict", "models:/no-such-model@champion", str(inputs), "--tracking-uri", store]) == 2
+    assert main(["predict", "models:/no-such-model@champion", str(inputs), "--tracking-uri", store.tracking_uri]) == 2
     assert "models:/no-such-model@champion:" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), str(inputs)]) == 2
     assert "not a multi-task model" in capsys.readouterr().err

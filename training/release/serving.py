@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from data_prep.config import is_pair_task
-from data_prep.errors import DataValidationError, IssueCollector
+from data_prep.errors import IssueCollector
 from training.model.export import CARD, read_card
 
 FIELDS = ("text", "tokens", "text_pair", "id")
