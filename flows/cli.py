@@ -1,4 +1,4 @@
-"""`mtl`: run, validate and promote from the command line."""
+"""`mtl`: run, validate, promote and predict from the command line."""
 from __future__ import annotations
 
 import argparse
@@ -68,6 +68,24 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from flows.config import StorageConfig
+    from training.config import RegistryConfig
+    from training.release.registry import tracking_uri
+    from training.release.serving import ServingError, predict_file
+
+    uri = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), StorageConfig().root)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    try:
+        count = predict_file(args.model_uri, args.file, args.out, tasks, uri)
+    except ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        print(f"{count} predictions written to {args.out}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtl", description="Multi-task NLP training pipeline")
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,6 +103,16 @@ def parser() -> argparse.ArgumentParser:
     pro.add_argument("--tracking-uri", default=None)
     pro.add_argument("--state-dir", default=".mtl")
     pro.set_defaults(func=cmd_promote)
+    pre = sub.add_parser("predict", help="predict every task for each input of a JSONL/CSV/TSV file, as JSONL")
+    pre.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or an "
+                                       "export folder")
+    pre.add_argument("file", help="inputs: JSONL ({text|tokens, text_pair?, id?} per line), or CSV/TSV with a "
+                                  "header (text, text_pair, id)")
+    pre.add_argument("--out", help="write the JSONL here (default: stdout)")
+    pre.add_argument("--tasks", help="comma-separated tasks to predict (default: all the model's)")
+    pre.add_argument("--tracking-uri", default=None,
+                     help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///.mtl/mlflow.db)")
+    pre.set_defaults(func=cmd_predict)
     return p
 
 

@@ -49,3 +49,37 @@ def test_throughput_bench_measures_every_precision_on_a_tiny_encoder(tmp_path, d
     # a token budget, not 2 rows (of at most 64 tokens) per micro-batch
     assert result["max_tokens"] == 512 and 200 < result["real_tokens_per_step"] <= 512
     assert "=== table ===" in done.stdout
+
+
+def test_inference_bench_compares_one_multi_head_pass_with_one_model_per_task(tmp_path, data_dir):
+    """The bench runs end to end here at a tiny size: for every K both paths report the multi-head
+    model's time, one single-task model's and K models', the ratios computed from them, and every
+    arm predicts the same labels (the same heads on the same inputs). Timings are not judged."""
+    out = tmp_path / "inference.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "inference.py"), "--out", str(out), "--encoders", "tiny",
+         "--examples", "12", "--batch-size", "8", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "MTL_DATA_DIR": str(data_dir)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert (result["examples"], result["threads"], result["targets"]) == (12, 1, {"ratio (forward, every K)": "<= 1.3"})
+    [tiny] = result["encoders"]
+    assert tiny["encoder"] == "tiny" and tiny["same_predictions"] is True
+    assert tiny["batches"] == 2 and 0 < tiny["real_tokens"] <= tiny["padded_tokens"]
+    assert [row["tasks"] for row in tiny["rows"]] == [2, 3, 4]
+    assert tiny["rows"][-1]["task_names"] == ["pos", "sst2", "ner", "trec"]
+    for row in tiny["rows"]:
+        for path in ("forward", "predict"):
+            r = row[path]
+            singles = [tiny["seconds"][f"{path}/single/{t}"]["cpu"] for t in row["task_names"]]
+            assert r["multi_s"] == pytest.approx(tiny["seconds"][f"{path}/multi{row['tasks']}"]["cpu"], rel=1e-3)
+            assert r["k_models_s"] == pytest.approx(sum(singles), rel=1e-3)
+            assert r["single_model_s"] == pytest.approx(sum(singles) / len(singles), rel=1e-3)
+            assert r["ratio"] == pytest.approx(r["multi_s"] / r["single_model_s"], rel=1e-3)
+            assert r["speedup_over_k_models"] == pytest.approx(r["k_models_s"] / r["multi_s"], rel=1e-3)
+            walls = [tiny["seconds"][f"{path}/single/{t}"]["wall"] for t in row["task_names"]]
+            multi_wall = tiny["seconds"][f"{path}/multi{row['tasks']}"]["wall"]
+            assert r["wall_ratio"] == pytest.approx(multi_wall * len(walls) / sum(walls), rel=1e-3)
+    assert result["max_ratio"] == max(row["forward"]["ratio"] for row in tiny["rows"])
+    assert result["target_met"] == (result["max_ratio"] <= 1.3)
+    assert "=== table ===" in done.stdout

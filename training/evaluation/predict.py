@@ -91,12 +91,29 @@ class Predictor:
         return out
 
     @torch.no_grad()
-    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict[str, Any]]:
-        """Every task for every text: token tasks give a tag per whitespace word."""
-        single = [t for t, s in self.tasks.items() if not is_pair_task(s.type)]
-        paired = [t for t, s in self.tasks.items() if is_pair_task(s.type)]
-        words = [text.split() for text in texts]
+    def predict(self, texts: list[str], text_pairs: list[str | None] | None = None, tasks: list[str] | None = None,
+                words: list[list[str]] | None = None) -> list[dict[str, Any]]:
+        """Every task (or those in `tasks`) for every text, in one call: token and sentence tasks
+        share one encoder pass over the words (each text split on whitespace, or `words` as given),
+        pair tasks a second pass over (text, text_pair). Token tasks give a tag per word. Without
+        `text_pairs` pair tasks are left out; a row whose pair is None gets None for them."""
+        chosen = list(self.tasks) if tasks is None else tasks
+        if unknown := [t for t in chosen if t not in self.tasks]:
+            raise ValueError(f"unknown task(s) {unknown}; this model has {list(self.tasks)}")
+        single = [t for t in chosen if not is_pair_task(self.tasks[t].type)]
+        paired = [t for t in chosen if is_pair_task(self.tasks[t].type)] if text_pairs is not None else []
+        words = words if words is not None else [text.split() for text in texts]
         results: dict[str, list[Any]] = self.predict_words(words, single) if single else {}
-        if paired and text_pairs is not None:
-            results.update(self.predict_texts(texts, text_pairs, paired))
-        return [{t: results[t][i] for t in results} for i in range(len(texts))]
+        if paired:
+            results.update(self._predict_pairs(texts, text_pairs or [], paired))
+        return [{t: results[t][i] for t in chosen if t in results} for i in range(len(texts))]
+
+    def _predict_pairs(self, texts: list[str], pairs: list[str | None], tasks: list[str]) -> dict[str, list[Any]]:
+        """Pair tasks over the rows that have a pair; None for the others."""
+        rows = [i for i, pair in enumerate(pairs) if pair is not None]
+        found = self.predict_texts([texts[i] for i in rows], [pairs[i] for i in rows], tasks) if rows else {}
+        out: dict[str, list[Any]] = {t: [None] * len(texts) for t in tasks}
+        for t, values in found.items():
+            for i, value in zip(rows, values):
+                out[t][i] = value
+        return out

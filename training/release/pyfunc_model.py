@@ -1,8 +1,11 @@
 """MLflow models-from-code entry: one multi-head model that predicts every task from raw text.
 
-Input: a DataFrame with a `text` column (and `text_pair` for sentence-pair tasks).
-Output: a DataFrame with one column per task: a tag per whitespace word for token tasks,
-a label for sentence classification, a number for regression.
+Input: a DataFrame (or records, or a dict of columns) with a `text` column (a sentence) or a
+`tokens` column (a list of words), `text_pair` for sentence-pair tasks, optionally `id`; the
+rules are `training/release/serving.py`'s, shared with `mtl predict`.
+Output: a DataFrame with one column per task, every task from one call: a tag per word for token
+tasks, a label for sentence classification, a number for regression. Pair tasks are left out when
+no row has a `text_pair`, and are None for a row without one.
 """
 from __future__ import annotations
 
@@ -21,11 +24,13 @@ class MultiTaskPyfunc(PythonModel):
 
     # no type hints here: MLflow would read them as a (list-based) input schema
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        if "text" not in frame.columns:
-            raise ValueError(f"input needs a 'text' column; got columns {list(frame.columns)}")
-        pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame.columns else None
-        return pd.DataFrame(self.predictor.predict(frame["text"].astype(str).tolist(), pairs))
+        from training.release.serving import inputs_from_frame, predict_inputs
+
+        results = predict_inputs(self.predictor, inputs_from_frame(model_input))
+        # the model's task order, also where the first rows have no pair
+        # object columns: pandas would make a label column with holes a string column of NaN
+        columns = [t for t in self.predictor.tasks if not results or t in results[0]]
+        return pd.DataFrame(results, columns=columns, dtype=object)
 
 
 mlflow.models.set_model(MultiTaskPyfunc())
