@@ -21,7 +21,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
@@ -281,7 +281,7 @@ def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run
     if version := keep_first_version(client, cfg.model_name, ref.run_id, run_key):
         return _with_alias(client, cfg.model_name, version, ref, challenger_alias)
     log_run_contents(client, ref.run_id, params, metrics, artifacts, extra_metrics, training_logs, images)
-    info = log_pyfunc(uri, ref.run_id, export_dir)
+    info = log_pyfunc(client, uri, ref, export_dir)
     ensure_registered_model(client, cfg.model_name)
     # the logged model's own location, not models:/<id>: a database registry store resolves that
     # through MLflow's process-wide tracking URI, which is not (and must not stay) this store's
@@ -332,14 +332,20 @@ def loss_series(curves: list[Metric]) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def log_pyfunc(uri: str, run_id: str, export_dir: str) -> Any:
-    """Log the models-from-code pyfunc (signature and input example read off the card) in `run_id`."""
+def log_pyfunc(client: MlflowClient, uri: str, ref: RunRef, export_dir: str) -> Any:
+    """Log the models-from-code pyfunc (signature and input example read off the card) in the run.
+    The logged model is made here, in the run's experiment: left to `Model.log` without an active
+    run, it lands in the store's default experiment, its files under ./mlruns of the working folder."""
     card = json.loads((Path(export_dir) / CARD).read_text())
+    model = client.create_logged_model(ref.experiment_id, name="model", source_run_id=ref.run_id)
     with pinned_uris(uri):
-        return Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id, python_model=PYFUNC_FILE,
-                         artifacts={"model_dir": export_dir}, code_paths=PACKAGE_DIRS,
-                         pip_requirements=_requirements(), signature=model_signature(card),
-                         input_example=input_example(card))
+        info = Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=ref.run_id,
+                         model_id=model.model_id, python_model=PYFUNC_FILE, artifacts={"model_dir": export_dir},
+                         code_paths=PACKAGE_DIRS, pip_requirements=_requirements(),
+                         signature=model_signature(card), input_example=input_example(card))
+    if client.get_logged_model(model.model_id).status != LoggedModelStatus.READY:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return info
 
 
 def ensure_registered_model(client: MlflowClient, name: str) -> None:
