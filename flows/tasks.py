@@ -116,7 +116,7 @@ class ProgressFeed:
 
     def __init__(self, update: Callable[[float, str], None], warn: Callable[[str], None], every_s: float = 2.0) -> None:
         self.update, self.warn, self.every_s = update, warn, every_s
-        self.last, self.failed, self.shown = 0.0, False, -1.0
+        self.last, self.failed, self.shown = float("-inf"), False, -1.0
 
     def __call__(self, done: int, total: int) -> None:
         percent = round(100.0 * min(done, total) / max(1, total), 1)
