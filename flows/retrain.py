@@ -44,8 +44,8 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
     return flat
 
 
-# a flow that fails, crashes or is cancelled ends its MLflow run FAILED (nothing is registered before
-# the end: registration is the flow's second to last task)
+# a flow run that fails, crashes or is cancelled ends its MLflow run FAILED (KILLED) with the reason;
+# registration is the second to last task, so a run that fails before it has registered nothing
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.",
       on_failure=[fail_mlflow_run], on_crashed=[fail_mlflow_run], on_cancellation=[fail_mlflow_run])
 def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:

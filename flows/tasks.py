@@ -92,7 +92,8 @@ def close_mlflow_run(mlflow_run: dict[str, Any]) -> None:
 
 
 def fail_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
-    """Flow hook (failed, crashed, cancelled): the flow run's MLflow run ends FAILED with the reason.
+    """Flow hook (failed, crashed, cancelled): the flow run's MLflow run ends FAILED (KILLED when
+    cancelled) with the reason in tag `mtl.failure`.
     Never raises: a hook's error would hide the flow's own."""
     try:
         config = flow_run_.parameters.get("config")
@@ -102,7 +103,8 @@ def fail_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             return  # failed before a run was opened: nothing to close (and no store to create)
         reason = f"{state.type.value}: {state.message or ''}"
-        fail_run(registry, uri, run_key(config["name"], str(flow_run_.id)), reason)
+        fail_run(registry, uri, run_key(config["name"], str(flow_run_.id)), reason,
+                 "KILLED" if state.is_cancelled() else "FAILED")
     except Exception as exc:  # noqa: BLE001 - reported, never raised
         import logging
 

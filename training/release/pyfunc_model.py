@@ -3,6 +3,7 @@
 Input: a DataFrame with a `text` column (and `text_pair` for sentence-pair tasks).
 Output: a DataFrame with one column per task: a tag per whitespace word for token tasks,
 a label for sentence classification, a number for regression.
+The logged model's signature and input example say the same (training/release/signature.py).
 """
 from __future__ import annotations
 

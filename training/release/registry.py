@@ -21,7 +21,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
@@ -189,20 +189,21 @@ def open_run(cfg: RegistryConfig, uri: str, artifact_root: str | None, run_key: 
 
 
 def close_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
-    """End the run: FINISHED, or FAILED with the reason as a tag."""
+    """End the run: FINISHED, or FAILED / KILLED with the reason as a tag."""
     client = client_for(uri)
     if reason:
         client.set_tag(run_id, "mtl.failure", reason[:4000])
     client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
-def fail_run(cfg: RegistryConfig, uri: str, run_key: str, reason: str) -> str | None:
-    """Mark the run of `run_key` FAILED (a flow that failed after opening it); None if none was opened."""
+def fail_run(cfg: RegistryConfig, uri: str, run_key: str, reason: str, status: str = "FAILED") -> str | None:
+    """End the run of `run_key` FAILED (or KILLED: a cancelled flow) with the reason; None if none
+    was opened."""
     client = client_for(uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     run_id = find_run(client, experiment.experiment_id, run_key) if experiment else None
     if run_id:
-        close_run(uri, run_id, "FAILED", reason)
+        close_run(uri, run_id, status, reason)
     return run_id
 
 
@@ -212,8 +213,8 @@ def log_batches(client: MlflowClient, run_id: str, metrics: list[Metric] | None 
     items = [Param(k, str(v)) for k, v in (params or {}).items()]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start:start + 100])
-    for key, value in (tags or {}).items():
-        client.set_tag(run_id, key, value)
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     for start in range(0, len(metrics or []), 1000):
         client.log_batch(run_id, metrics=(metrics or [])[start:start + 1000])
 
