@@ -144,3 +144,21 @@ def test_progress_is_fed_from_the_training_log_throttled_and_never_breaks_it():
     failing(1, 2)
     failing(2, 2)
     assert warnings == ["progress artifact not updated: Prefect API down"]
+
+
+def test_the_config_params_carry_no_secret(tiny_encoder, tmp_path):
+    """What open-mlflow-run logs: S3 credentials masked by their types, the password of a
+    tracking URI redacted."""
+    from flows.config import parse_config
+    from flows.retrain import mlflow_params
+    from helpers import tiny_config
+
+    config = tiny_config(tiny_encoder, tmp_path, tmp_path)
+    config["storage"]["s3"] = {"endpoint_url": "http://127.0.0.1:9000", "access_key_id": "AKIAPLANTED",
+                               "secret_access_key": "planted-secret-key"}
+    config["registry"]["tracking_uri"] = "http://bob:planted-password@mlflow.internal:5000"
+    params = mlflow_params(parse_config(config))
+    shown = " ".join(f"{k}={v}" for k, v in params.items())
+    assert not [s for s in ("AKIAPLANTED", "planted-secret-key", "planted-password") if s in shown]
+    assert params["registry.tracking_uri"] == "http://***@mlflow.internal:5000"
+    assert params["storage.s3.secret_access_key"] == "**********" and params["training.steps"] == 12
