@@ -135,11 +135,6 @@ def find_run(client: MlflowClient, experiment_id: str, run_key: str) -> str | No
     return found[0] if found else None
 
 
-def existing_version(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
-    versions = run_versions(client, model_name, run_id)
-    return versions[0] if versions else None
-
-
 def run_versions(client: MlflowClient, model_name: str, run_id: str) -> list[ModelVersion]:
     """The versions registered from `run_id`, the first first."""
     found = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
