@@ -21,13 +21,14 @@ def test_open_run_is_idempotent_by_run_key_and_a_rerun_reopens_it(tmp_path):
     client = MlflowClient(uri)
     # a lost "create run" answer retried by the client: a second run with the same key
     client.create_run(first.experiment_id, run_name="cfg-123", tags={RUN_KEY: "cfg-123"})
-    fail_run(cfg, uri, "cfg-123", "FAILED: boom")
+    fail_run(cfg, uri, "cfg-123", "FAILED: boom at http://bob:pw@mlflow:5000")
     again = open_run(cfg, uri, root, "cfg-123", "cfg-123", {}, {"training.steps": 12})
     runs = client.search_runs([first.experiment_id], f"tags.`{RUN_KEY}` = 'cfg-123'")
     assert (again.run_id, [r.info.run_id for r in runs]) == (first.run_id, [first.run_id])
     run = client.get_run(first.run_id)
     assert (run.info.status, run.info.run_name, run.data.params["training.steps"]) == ("RUNNING", "cfg-123", "12")
-    assert run.data.tags["mtl.failure"] == "FAILED: boom"  # the earlier attempt's reason stays readable
+    # the earlier attempt's reason stays readable, without the password it quoted
+    assert run.data.tags["mtl.failure"] == "FAILED: boom at http://***@mlflow:5000"
     close_run(uri, first.run_id, "FINISHED")
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert fail_run(cfg, uri, "never-opened", "x") is None

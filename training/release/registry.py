@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -76,6 +77,9 @@ class Registered:
     aliases: list[str] = field(default_factory=list)
     run_url: str | None = None  # the run's page when the tracking URI is a server
     version_url: str | None = None  # the version's page, likewise
+
+
+USERINFO = re.compile(r"//[^/\s@]+@")  # user[:password]@ in any URI inside a text
 
 
 def redact_uri(uri: str) -> str:
@@ -186,8 +190,8 @@ def open_run(cfg: RegistryConfig, uri: str, artifact_root: str | None, run_key: 
 def close_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
     """End the run: FINISHED, or FAILED / KILLED with the reason as a tag."""
     client = client_for(uri)
-    if reason:
-        client.set_tag(run_id, "mtl.failure", reason[:4000])
+    if reason:  # an error message may quote a URI with its password
+        client.set_tag(run_id, "mtl.failure", USERINFO.sub("//***@", reason)[:4000])
     client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
