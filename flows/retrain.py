@@ -17,8 +17,10 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.config import PipelineConfig, load_config  # noqa: E402
-from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
-                         data_params, register, task_affinity, tokenize, train)
+from flows.tasks import (champion_label_maps, close_mlflow_run, data_params, evaluate,  # noqa: E402
+                         fail_mlflow_run, ingest, open_mlflow_run, prepare_run, promote, register, task_affinity,
+                         tokenize, train)
+from training.release.registry import redact_uri  # noqa: E402
 from training.task_spec import spec_for  # noqa: E402
 
 
@@ -33,6 +35,8 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 walk(f"{prefix}.{v['name'] if isinstance(v, dict) and 'name' in v else i}", v)
+        elif isinstance(value, str) and "://" in value:
+            flat[prefix] = redact_uri(value)  # a tracking or endpoint URI may carry user:password
         else:
             flat[prefix] = value
 
@@ -40,11 +44,15 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
     return flat
 
 
-@flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.")
+# a flow run that fails, crashes or is cancelled ends its MLflow run FAILED (KILLED) with the reason;
+# registration is the second to last task, so a run that fails before it has registered nothing
+@flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.",
+      on_failure=[fail_mlflow_run], on_crashed=[fail_mlflow_run], on_cancellation=[fail_mlflow_run])
 def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """`previous_labels`: task name -> the label list of the model being replaced (the champion's
     card), so existing labels keep their ids and new ones are appended. None: the champion's."""
     run_dir = prepare_run(config)
+    mlflow_run = open_mlflow_run(config.registry, config.storage.root, run_dir, mlflow_params(config))
     if previous_labels is None:
         previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root)
     ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
@@ -53,11 +61,11 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
     features = {n: r["features"] for n, r in tokenized.items()}
     dev = {n: r["splits"]["dev"] for n, r in ingested.items()}
     export_dir = train(config.encoder, config.training, config.deepspeed, specs, features, run_dir, dev)
-    metrics = evaluate(export_dir, specs, dev, config.training.eval_batch_size)
+    metrics = evaluate(export_dir, specs, dev, config.training.eval_batch_size, run_dir)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
-                          {**mlflow_params(config), **data_params(tokenized)}, metrics,
-                          task_affinity(export_dir, features, config.affinity))
+                          data_params(tokenized), metrics, task_affinity(export_dir, features, config.affinity))
     decision = promote(registered, specs, config.promotion)
+    close_mlflow_run(mlflow_run)
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
     return {"model_name": registered["model_name"], "version": registered["version"],
             "aliases": sorted(set(aliases)), "tracking_uri": registered["tracking_uri"],

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
+                               create_table_artifact, update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
@@ -17,9 +20,10 @@ from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model.multitask import resolve_encoder_path
 from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
-from training.release.registry import (champion_labels, default_artifact_root, promote_if_better, redact_uri,
-                                      register_model, run_files, tracking_uri)
-from training.evaluation.evaluate import evaluate_model
+from training.release.registry import (champion_labels, close_run, default_artifact_root, fail_run, open_run,
+                                      promote_if_better, redact_uri, register_model, run_files, run_plots,
+                                      tracking_uri)
+from training.evaluation.evaluate import evaluate_export
 from training.launch.layout import RunLayout
 from training.launch.train import train_model
 from training.task_spec import TaskSpec, exported
@@ -44,13 +48,90 @@ TASK_DEFAULTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=5, retry_con
 def prepare_run(config: PipelineConfig) -> str:
     """Check the config (and that every file exists), make the run folder, save the resolved config."""
     check_config(config)
-    run_id = flow_run.get_id() or "local"
-    run_dir = Path(config.storage.root).resolve() / "runs" / f"{config.name}-{run_id}"
+    run_dir = Path(config.storage.root).resolve() / "runs" / run_key(config.name, flow_run.get_id())
     resolved = config.model_dump(mode="json")
     resolved["data_dir"] = config.resolved_data_dir()
     atomic_write_text(RunLayout(run_dir).config_file, json.dumps(resolved, indent=2))
     get_run_logger().info("run folder: %s", run_dir)
     return str(run_dir)
+
+
+def run_key(config_name: str, flow_run_id: str | None) -> str:
+    """The run folder's name, and the MLflow run's key: one per flow run, the same on a retry."""
+    return f"{config_name}-{flow_run_id or 'local'}"
+
+
+def flow_run_links() -> dict[str, str]:
+    found = {"mtl.prefect_flow_run_id": flow_run.get_id() or "", "mtl.prefect_flow_run_url": flow_run.ui_url or "",
+             "mtl.prefect_flow_run_name": flow_run.get_name() or ""}
+    return {k: v for k, v in found.items() if v}
+
+
+@task(name="open-mlflow-run", **TASK_DEFAULTS)
+def open_mlflow_run(registry: RegistryConfig, state_dir: str, run_dir: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The flow run's MLflow run, opened before any work (found again on a retry or a rerun), with
+    the resolved config as params (secrets masked) and links to the flow run; closed at the end."""
+    uri = tracking_uri(registry, state_dir)
+    key = Path(run_dir).name
+    links = flow_run_links()
+    note = (f"Prefect flow run [{links.get('mtl.prefect_flow_run_name', key)}]({links['mtl.prefect_flow_run_url']})"
+            if "mtl.prefect_flow_run_url" in links else f"Prefect flow run {key}")
+    tags = {**links, "mlflow.source.name": "flows/retrain.py", "mlflow.source.type": "JOB",
+            "mlflow.note.content": note}
+    ref = open_run(registry, uri, default_artifact_root(uri, state_dir), key, key, tags, params)
+    get_run_logger().info("MLflow run %s in %s%s", ref.run_id, redact_uri(uri), f" ({ref.run_url})" if ref.run_url else "")
+    if ref.run_url:
+        create_link_artifact(ref.run_url, link_text=f"MLflow run {key}", key="mlflow-run-link",
+                             description="this flow run's MLflow run (params, curves, plots, model)")
+    return ref.__dict__
+
+
+@task(name="close-mlflow-run", **TASK_DEFAULTS)
+def close_mlflow_run(mlflow_run: dict[str, Any]) -> None:
+    close_run(mlflow_run["tracking_uri"], mlflow_run["run_id"], "FINISHED")
+
+
+def fail_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
+    """Flow hook (failed, crashed, cancelled): the flow run's MLflow run ends FAILED (KILLED when
+    cancelled) with the reason in tag `mtl.failure`.
+    Never raises: a hook's error would hide the flow's own."""
+    try:
+        config = flow_run_.parameters.get("config")
+        config = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
+        registry = RegistryConfig.model_validate(config.get("registry") or {})
+        uri = tracking_uri(registry, (config.get("storage") or {}).get("root") or ".mtl")
+        if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+            return  # failed before a run was opened: nothing to close (and no store to create)
+        reason = f"{state.type.value}: {state.message or ''}"
+        fail_run(registry, uri, run_key(config["name"], str(flow_run_.id)), reason,
+                 "KILLED" if state.is_cancelled() else "FAILED")
+    except Exception as exc:  # noqa: BLE001 - reported, never raised
+        import logging
+
+        logging.getLogger(__name__).warning("could not mark the MLflow run failed: %s", exc)
+
+
+class ProgressFeed:
+    """Training progress as a Prefect progress artifact: steps done over steps planned, updated from
+    the training's log stream at most every `every_s` seconds (and always at the end). A failed
+    update is logged once and never stops the stream it is fed from."""
+
+    def __init__(self, update: Callable[[float, str], None], warn: Callable[[str], None], every_s: float = 2.0) -> None:
+        self.update, self.warn, self.every_s = update, warn, every_s
+        self.last, self.failed, self.shown = float("-inf"), False, -1.0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = round(100.0 * min(done, total) / max(1, total), 1)
+        now = time.monotonic()
+        if percent == self.shown or (percent < 100.0 and now - self.last < self.every_s):
+            return
+        self.last, self.shown = now, percent
+        try:
+            self.update(percent, f"{min(done, total)} of {total} training steps")
+        except Exception as exc:  # noqa: BLE001 - progress is a view; training goes on
+            if not self.failed:
+                self.failed = True
+                self.warn(f"progress artifact not updated: {exc}")
 
 
 @task(name="champion-labels", **TASK_DEFAULTS)
@@ -111,19 +192,32 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @task(name="train", **TASK_DEFAULTS)
 def train(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig, specs: list[TaskSpec],
           features: dict[str, str], run_dir: str, dev: dict[str, str] | None = None) -> str:
-    """`dev`: each task's ingested dev split, for evaluation during training (`training.eval_every`)."""
+    """`dev`: each task's ingested dev split, for evaluation during training (`training.eval_every`).
+    A progress artifact `training-progress` follows the steps done."""
     logger = get_run_logger()
-    return train_model(encoder, training, deepspeed, specs, features, run_dir, logger.info, dev)
+    artifact = create_progress_artifact(0.0, key="training-progress", description="training steps done")
+    feed = ProgressFeed(lambda pct, text: update_progress_artifact(artifact, pct, description=text), logger.warning)
+    return train_model(encoder, training, deepspeed, specs, features, run_dir, logger.info, dev, progress=feed)
 
 
 @task(name="evaluate", **TASK_DEFAULTS)
 def evaluate(export_dir: str, specs: list[TaskSpec], dev_files: dict[str, str],
-             batch_size: int) -> dict[str, dict[str, float]]:
-    metrics = evaluate_model(export_dir, specs, dev_files, batch_size)
+             batch_size: int, run_dir: str | None = None) -> dict[str, dict[str, float]]:
+    """Dev metrics per task; with `run_dir`, the classification tasks' confusion counts go to
+    <run>/eval/confusion.json (for the MLflow run's figures)."""
+    found = evaluate_export(export_dir, specs, dev_files, batch_size)
+    metrics = {name: e.metrics for name, e in found.items()}
+    if run_dir is not None:
+        confusions = {name: e.confusion for name, e in found.items() if e.confusion is not None}
+        atomic_write_text(confusion_file(run_dir), json.dumps(confusions))
     rows = [{"task": t, **{k: round(v, 4) for k, v in m.items()}} for t, m in metrics.items()]
     create_table_artifact(table(rows), key="dev-metrics", description="dev metrics of the trained model")
     get_run_logger().info("dev metrics: %s", json.dumps(metrics))
     return metrics
+
+
+def confusion_file(run_dir: str) -> Path:
+    return Path(run_dir) / "eval" / "confusion.json"
 
 
 @task(name="task-affinity", **TASK_DEFAULTS)
@@ -143,12 +237,19 @@ def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityC
 def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str, run_dir: str,
              export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]],
              data_metrics: dict[str, float]) -> dict[str, Any]:
+    """Fill the flow run's MLflow run (`params`: e.g. data statistics; `data_metrics`: e.g.
+    affinity cells; curves, files and figures) and register one version of its model."""
     uri = tracking_uri(registry, state_dir)
     artifacts, logs = run_files(run_dir, export_dir)
-    links = {"mtl.prefect_flow_run_id": flow_run.get_id() or "", "mtl.prefect_flow_run_url": flow_run.ui_url or ""}
-    registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name,
+    confusions = json.loads(confusion_file(run_dir).read_text()) if confusion_file(run_dir).is_file() else {}
+    links = flow_run_links()
+    key = Path(run_dir).name
+    note = f"Registered from run key `{key}`" + (f", Prefect flow run {links['mtl.prefect_flow_run_url']}"
+                                                   if "mtl.prefect_flow_run_url" in links else "")
+    registered = register_model(registry, uri, default_artifact_root(uri, state_dir), key,
                                 export_dir, params, metrics, artifacts, promotion.challenger_alias, data_metrics,
-                                logs, run_name=Path(run_dir).name, tags={k: v for k, v in links.items() if v})
+                                logs, run_name=key, tags=links, images=run_plots(confusions, data_metrics),
+                                description=note)
     get_run_logger().info("registered %s version %s (MLflow run %s)", registered.model_name, registered.version,
                           registered.run_id)
     create_markdown_artifact(
@@ -156,6 +257,9 @@ def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: st
         f"{registered.version}`, MLflow run `{registered.run_id}`"
         + (f" ([open]({registered.run_url}))" if registered.run_url else "") + f", tracking `{redact_uri(uri)}`",
         key="mlflow-run", description="where this flow run's model and metrics are in MLflow")
+    if registered.version_url:
+        create_link_artifact(registered.version_url, link_text=f"{registered.model_name} v{registered.version}",
+                             key="mlflow-model-version", description="the model version this flow run registered")
     return registered.__dict__
 
 

@@ -60,6 +60,65 @@ def test_the_mlflow_run_is_linked_to_its_flow_run_and_has_training_curves(runs):
     assert "Gate" in client.get_model_version("tiny-mtl", "1").description
 
 
+def test_the_mlflow_run_spans_the_flow_run_with_config_figures_signature_and_progress(runs):
+    """Issue 13: opened at the flow's start, closed at its end; the resolved config as params,
+    loss curves per task, the figures, a signature and input example, the gate in the version's
+    description; in Prefect, the training progress."""
+    from pathlib import Path
+
+    from training.release.registry import RUN_KEY
+
+    first, second = runs
+    client = MlflowClient(first["tracking_uri"])
+    run = client.get_run(first["run_id"])
+    version = client.get_model_version("tiny-mtl", "1")
+    log = (Path(first["run_dir"]) / "train_metrics.jsonl").read_text().splitlines()
+    first_step_at = json.loads(log[0])["time"]
+    spans = {"status": run.info.status, "opened before the first step": run.info.start_time / 1000 < first_step_at,
+             "closed after registering": run.info.end_time >= version.creation_timestamp}
+    assert spans == {"status": "FINISHED", "opened before the first step": True, "closed after registering": True}
+    params, tags = run.data.params, run.data.tags
+    assert (params["training.steps"], params["encoder.max_length"], params["tasks.ner.label_scheme"]) == ("12", "48", "bio")
+    assert tags["mlflow.source.name"] == "flows/retrain.py" and tags[RUN_KEY] == Path(first["run_dir"]).name
+    losses = {k for k in run.data.metrics if k.startswith("train.loss.")}
+    assert losses and losses <= {f"train.loss.{t}" for t in ("pos", "ner", "sst2", "ptb")}
+    for key in losses:
+        assert {m.step for m in client.get_metric_history(first["run_id"], key)} <= {3, 6, 9, 12}
+    for summary in runs:
+        shown = {a.path for a in client.list_artifacts(summary["run_id"], "plots")}
+        assert shown == {f"plots/{n}.png" for n in ("training_loss", "confusion_pos", "confusion_ner", "confusion_sst2",
+                                                     "task_affinity", "challenger_vs_champion")}
+    png = Path(client.download_artifacts(first["run_id"], "plots/confusion_ner.png"))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    confusion = json.loads((Path(first["run_dir"]) / "eval" / "confusion.json").read_text())
+    assert sorted(confusion) == ["ner", "pos", "sst2"]
+    assert sum(map(sum, confusion["sst2"]["counts"])) == 40  # every dev sentence once
+    model = mlflow.pyfunc.load_model(version.source)
+    assert model.metadata.get_input_schema().input_names() == ["text"]
+    assert model.metadata.get_output_schema().input_names() == ["pos", "ner", "sst2"]
+    assert model.metadata.saved_input_example_info is not None
+    # the logged model lives with the run's experiment, in the state folder (not ./mlruns)
+    assert version.source.startswith((Path(first["run_dir"]).parents[1] / "mlartifacts").as_uri())
+    assert version.tags[RUN_KEY] == Path(first["run_dir"]).name
+    assert "| task | metric | this version |" in version.description
+    assert "Registered from run key" in version.description
+    assert "| champion v1 |" in client.get_model_version("tiny-mtl", "2").description
+    assert progress_of(tags["mtl.prefect_flow_run_id"]) == 100.0
+
+
+def progress_of(flow_run_id: str) -> float:
+    from uuid import UUID
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["training-progress"])),
+                                      flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])))
+    [artifact] = found
+    return float(artifact.data)
+
+
 def test_training_log_and_checkpoints(runs):
     first, _ = runs
     from pathlib import Path

@@ -113,3 +113,38 @@ def test_training_curves_take_evaluations_during_training_as_dev_step_metrics(tm
     assert got[("train.finetune-pos.dev.ner.accuracy", 4)] == 0.8
     assert got[("train.loss.pos", 2)] == 1.5 and got[("train.finetune-pos.lr", 2)] == 0.1
     assert len(curves) == 2 * (3 + 3 + 3)  # per log: lr, loss, weight; then 3 dev metrics per evaluation
+
+
+def test_registering_leaves_mlflow_process_state_as_it_was_so_the_next_run_uses_its_own_store(
+        export, tmp_path, monkeypatch):
+    """Issue 12: `mlflow.set_tracking_uri` wrote MLFLOW_TRACKING_URI into os.environ, and
+    `tracking_uri()` prefers that variable to the state folder's store: the next run in the same
+    process registered in the previous run's store."""
+    import os
+
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_state
+
+    from training.release.registry import default_artifact_root, run_versions, tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setattr(tracking_state, "_tracking_uri", None)
+    cfg = RegistryConfig(model_name="m", experiment="e")
+    uri_a = tracking_uri(cfg, str(tmp_path / "a"))
+    root_a = default_artifact_root(uri_a, str(tmp_path / "a"))
+    first = register_model(cfg, uri_a, root_a, "run-a", export, {}, {"pos": {"accuracy": 0.5}}, {}, "challenger")
+    leaked = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    assert (leaked, tracking_state._tracking_uri) == ({"MLFLOW_TRACKING_URI": None, "MLFLOW_REGISTRY_URI": None}, None)
+    uri_b = tracking_uri(cfg, str(tmp_path / "b"))
+    assert uri_b == f"sqlite:///{(tmp_path / 'b' / 'mlflow.db').resolve()}"
+    root_b = default_artifact_root(uri_b, str(tmp_path / "b"))
+    second = register_model(cfg, uri_b, root_b, "run-b", export, {}, {"pos": {"accuracy": 0.6}}, {}, "challenger")
+    in_a = MlflowClient(uri_a).search_model_versions("name = 'm'")
+    in_b = MlflowClient(uri_b).search_model_versions("name = 'm'")
+    assert ([v.run_id for v in in_a], [v.run_id for v in in_b]) == ([first.run_id], [second.run_id])
+    # a variable the user set is kept as it was, not unset
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri_a)
+    again = register_model(cfg, uri_b, None, "run-b", export, {}, {"pos": {"accuracy": 0.6}}, {}, "challenger")
+    assert (again.version, os.environ["MLFLOW_TRACKING_URI"]) == ("1", uri_a)
+    assert len(run_versions(MlflowClient(uri_b), "m", second.run_id)) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,8 +46,41 @@ def evaluate_task(predictor: Predictor, task: TaskSpec, examples: list[Example])
 def evaluate_model(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
                    batch_size: int) -> dict[str, dict[str, float]]:
     """Every exported task's metrics (auxiliary tasks are not in the export)."""
+    return {name: found.metrics for name, found in evaluate_export(export_dir, tasks, dev_files, batch_size).items()}
+
+
+@dataclass
+class TaskEvaluation:
+    metrics: dict[str, float]
+    confusion: dict[str, Any] | None  # {"labels": [...], "counts": [[gold x predicted]]}; None for regression
+
+
+def evaluate_export(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
+                    batch_size: int) -> dict[str, TaskEvaluation]:
+    """Every exported task's metrics and, for classification tasks, the confusion counts of the
+    same predictions (a tag per word for token tasks)."""
     predictor = Predictor(export_dir, batch_size=batch_size)
-    return {t.name: evaluate_task(predictor, t, read_examples(dev_files[t.name])) for t in exported(tasks)}
+    out = {}
+    for task in exported(tasks):
+        gold, pred = predict_split(predictor, task, read_examples(dev_files[task.name]))
+        counts = None if is_regression(task.type) else confusion(gold, pred, task.labels)
+        out[task.name] = TaskEvaluation(score(task, gold, pred), counts)
+    return out
+
+
+def confusion(gold: Labels, pred: Labels, labels: list[str]) -> dict[str, Any]:
+    """Counts of (gold, predicted) label pairs in the task's label order; a label that only the
+    data or the model shows (none should) is appended rather than dropped."""
+    order = list(labels)
+    known = set(order)
+    # a word the model gave no tag (cut off by max_length) counts as predicted "(none)"
+    pairs = [(str(g), "(none)" if p is None else str(p)) for gs, ps in zip(gold, pred) for g, p in zip(gs, ps)]
+    order += [x for x in dict.fromkeys(v for pair in pairs for v in pair) if x not in known]
+    index = {label: i for i, label in enumerate(order)}
+    counts = [[0] * len(order) for _ in order]
+    for g, p in pairs:
+        counts[index[g]][index[p]] += 1
+    return {"labels": order, "counts": counts}
 
 
 def dev_sample(examples: list[Example], limit: int | None, seed: int, task: str) -> list[Example]:

@@ -6,6 +6,7 @@ rules are `training/release/serving.py`'s, shared with `mtl predict`.
 Output: a DataFrame with one column per task, every task from one call: a tag per word for token
 tasks, a label for sentence classification, a number for regression. Pair tasks are left out when
 no row has a `text_pair`, and are None for a row without one.
+The logged model's signature and input example say the same (training/release/signature.py).
 """
 from __future__ import annotations
 

@@ -1,13 +1,20 @@
-"""MLflow: log a run, register the multi-head model, gate and move aliases.
+"""MLflow: one run per flow run (opened at its start, closed at its end), the multi-head model
+registered from it, the gate and the aliases.
 
-Idempotent by a run key (the Prefect flow run id): a retried register task finds the run and
-version it already made instead of registering a duplicate.
+Idempotent by a run key (the run folder's name, which carries the Prefect flow run id): a retried
+or rerun task finds the run and the version it already made instead of making another. Every call
+goes through an MlflowClient bound to the tracking URI it is given; the one fluent call that reads
+MLflow's process-wide URIs (logging the model) runs with them pinned and then restored exactly.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +22,18 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunStatus, RunTag
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from mlflow.tracking._model_registry import utils as registry_uri_state
+from mlflow.tracking._tracking_service import utils as tracking_uri_state
 
 from training.config import PromotionConfig, RegistryConfig
 from training.launch.layout import RunLayout
 from training.model.export import CARD
+from training.release import plots
+from training.release.signature import input_example, model_signature
 
 RUN_KEY = "mtl.run_key"
 CARD_ARTIFACT = "card"  # the exported model card, logged beside the model for cheap lookups
@@ -63,6 +76,10 @@ class Registered:
     tracking_uri: str
     aliases: list[str] = field(default_factory=list)
     run_url: str | None = None  # the run's page when the tracking URI is a server
+    version_url: str | None = None  # the version's page, likewise
+
+
+USERINFO = re.compile(r"//[^/\s@]+@")  # user[:password]@ in any URI inside a text
 
 
 def redact_uri(uri: str) -> str:
@@ -81,14 +98,131 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
     return f"{redact_uri(uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def client_for(uri: str) -> MlflowClient:
+    """A client for this store only: the registry is the same store, whatever MLFLOW_REGISTRY_URI
+    or an earlier `mlflow.set_registry_uri` in this process says."""
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def pinned_uris(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URIs set to `uri` for the block, then put back
+    as they were, the environment included: `mlflow.set_tracking_uri` also writes
+    MLFLOW_TRACKING_URI into os.environ, and `tracking_uri()` reads it, so a later run in the same
+    process registered in this run's store (MLflow's own `_use_tracking_uri` unsets a variable the
+    user had set). Not for concurrent use from threads: the state is process-wide."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved_env = {name: os.environ.get(name) for name in names}
+    saved = tracking_uri_state._tracking_uri, registry_uri_state._registry_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_uri_state._tracking_uri, registry_uri_state._registry_uri = saved
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def runs_with_key(client: MlflowClient, experiment_id: str, run_key: str) -> list[str]:
+    """Every run tagged with `run_key`, the oldest first."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY}` = '{run_key}'",
+                              order_by=["attributes.start_time ASC"], max_results=50)
+    return [r.info.run_id for r in runs]
+
+
 def find_run(client: MlflowClient, experiment_id: str, run_key: str) -> str | None:
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY}` = '{run_key}'", max_results=1)
-    return runs[0].info.run_id if runs else None
+    found = runs_with_key(client, experiment_id, run_key)
+    return found[0] if found else None
 
 
-def existing_version(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
-    versions = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-    return versions[0] if versions else None
+def run_versions(client: MlflowClient, model_name: str, run_id: str) -> list[ModelVersion]:
+    """The versions registered from `run_id`, the first first."""
+    found = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def keep_first_version(client: MlflowClient, model_name: str, run_id: str, run_key: str) -> ModelVersion | None:
+    """One version per run: MLflow's client retries a request whose answer was lost, and a lost
+    "create version" answer made a second version of the same run. The first is kept, the rest
+    deleted, and the kept one is tagged with the run key (a version is found by it, not only its run)."""
+    versions = run_versions(client, model_name, run_id)
+    if not versions:
+        return None
+    first = versions[0]
+    for extra in versions[1:]:
+        client.delete_model_version(model_name, extra.version)
+    if first.tags.get(RUN_KEY) != run_key:
+        client.set_model_version_tag(model_name, first.version, RUN_KEY, run_key)
+    return client.get_model_version(model_name, first.version)
+
+
+@dataclass
+class RunRef:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    run_url: str | None = None
+
+
+def open_run(cfg: RegistryConfig, uri: str, artifact_root: str | None, run_key: str, run_name: str | None = None,
+             tags: dict[str, str] | None = None, params: dict[str, Any] | None = None) -> RunRef:
+    """The MLflow run of `run_key`, created on the first call and found (and set RUNNING again)
+    on a retry or a rerun; duplicates a lost "create run" answer made are deleted."""
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, cfg.experiment, artifact_root)
+    found = runs_with_key(client, experiment_id, run_key)
+    if not found:
+        created = client.create_run(experiment_id, run_name=run_name, tags={**(tags or {}), RUN_KEY: run_key})
+        found = runs_with_key(client, experiment_id, run_key) or [created.info.run_id]
+    run_id = found[0]
+    for extra in found[1:]:
+        client.delete_run(extra)
+    if client.get_run(run_id).info.status != "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    log_batches(client, run_id, tags=tags or {}, params=params or {})
+    return RunRef(run_id, experiment_id, uri, run_url(uri, experiment_id, run_id))
+
+
+def close_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    """End the run: FINISHED, or FAILED / KILLED with the reason as a tag."""
+    client = client_for(uri)
+    if reason:  # an error message may quote a URI with its password
+        client.set_tag(run_id, "mtl.failure", USERINFO.sub("//***@", reason)[:4000])
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
+
+
+def fail_run(cfg: RegistryConfig, uri: str, run_key: str, reason: str, status: str = "FAILED") -> str | None:
+    """End the run of `run_key` FAILED (or KILLED: a cancelled flow) with the reason; None if none
+    was opened."""
+    client = client_for(uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    run_id = find_run(client, experiment.experiment_id, run_key) if experiment else None
+    if run_id:
+        close_run(uri, run_id, status, reason)
+    return run_id
+
+
+def log_batches(client: MlflowClient, run_id: str, metrics: list[Metric] | None = None,
+                params: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> None:
+    """In MLflow's batch limits (1000 metrics, 100 params, 100 tags per request)."""
+    items = [Param(k, str(v)) for k, v in (params or {}).items()]
+    for start in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[start:start + 100])
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    for start in range(0, len(metrics or []), 1000):
+        client.log_batch(run_id, metrics=(metrics or [])[start:start + 1000])
+
+
+def new_points(client: MlflowClient, run_id: str, metrics: list[Metric]) -> list[Metric]:
+    """The metric points not logged yet: a retried task logs each (key, step) once."""
+    have = set(client.get_run(run_id).data.metrics) & {m.key for m in metrics}
+    seen = {(m.key, m.step) for key in have for m in client.get_metric_history(run_id, key)}
+    return [m for m in metrics if (m.key, m.step) not in seen]
 
 
 def run_files(run_dir: str | Path, export_dir: str | Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -137,33 +271,104 @@ def register_model(cfg: RegistryConfig, uri: str, artifact_root: str | None, run
                    artifacts: dict[str, str], challenger_alias: str,
                    extra_metrics: dict[str, float] | None = None,
                    training_logs: dict[str, str] | None = None, run_name: str | None = None,
-                   tags: dict[str, str] | None = None) -> Registered:
-    """Log params, metrics (dev metrics per task, plus e.g. data statistics), the training curves
-    and the pyfunc model in one MLflow run; register one version."""
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, cfg.experiment, artifact_root)
-    run_id = find_run(client, experiment_id, run_key)
-    if run_id and (version := existing_version(client, cfg.model_name, run_id)):
-        return _with_alias(client, cfg.model_name, version, run_id, uri, challenger_alias)
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id if run_id is None else None,
-                          run_name=run_name if run_id is None else None, tags={**(tags or {}), RUN_KEY: run_key}) as run:
-        mlflow.log_params(params)
-        mlflow.log_metrics({metric_key(t, m): v for t, ms in metrics.items() for m, v in ms.items()})
-        if extra_metrics:
-            mlflow.log_metrics(extra_metrics)
-        curves = training_curves(training_logs or {})
-        for start in range(0, len(curves), 1000):  # MLflow's limit per batch
-            client.log_batch(run.info.run_id, metrics=curves[start:start + 1000])
-        for name, path in artifacts.items():
-            mlflow.log_artifact(path, artifact_path=name)
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=PYFUNC_FILE, artifacts={"model_dir": export_dir},
-            code_paths=PACKAGE_DIRS, pip_requirements=_requirements(),
-            registered_model_name=cfg.model_name)
-        run_id = run.info.run_id
-    version = client.get_model_version(cfg.model_name, str(info.registered_model_version))
-    return _with_alias(client, cfg.model_name, version, run_id, uri, challenger_alias)
+                   tags: dict[str, str] | None = None, images: dict[str, bytes] | None = None,
+                   description: str | None = None) -> Registered:
+    """Log params, metrics (dev metrics per task, plus e.g. affinity), the training curves, the
+    files and figures and the pyfunc model (with signature and input example) in the run of
+    `run_key` (opened by `open_run` at the flow's start, else here); register one version of it."""
+    client = client_for(uri)
+    ref = open_run(cfg, uri, artifact_root, run_key, run_name, tags)
+    if version := keep_first_version(client, cfg.model_name, ref.run_id, run_key):
+        return _with_alias(client, cfg.model_name, version, ref, challenger_alias)
+    log_run_contents(client, ref.run_id, params, metrics, artifacts, extra_metrics, training_logs, images)
+    info = log_pyfunc(client, uri, ref, export_dir)
+    ensure_registered_model(client, cfg.model_name)
+    # the logged model's own location, not models:/<id>: a database registry store resolves that
+    # through MLflow's process-wide tracking URI, which is not (and must not stay) this store's
+    source = client.get_logged_model(info.model_id).artifact_location
+    client.create_model_version(cfg.model_name, source=source, run_id=ref.run_id, tags={RUN_KEY: run_key},
+                                description=description, model_id=info.model_id)
+    version = keep_first_version(client, cfg.model_name, ref.run_id, run_key)
+    if version is None:  # the store answered "created" but has no version: nothing to alias
+        raise RuntimeError(f"MLflow at {redact_uri(uri)} created no version of {cfg.model_name} for run {ref.run_id}")
+    return _with_alias(client, cfg.model_name, version, ref, challenger_alias)
+
+
+def log_run_contents(client: MlflowClient, run_id: str, params: dict[str, Any], metrics: dict[str, dict[str, float]],
+                     artifacts: dict[str, str], extra_metrics: dict[str, float] | None = None,
+                     training_logs: dict[str, str] | None = None, images: dict[str, bytes] | None = None) -> None:
+    stamp = int(1000 * time.time())
+    points = [Metric(metric_key(t, m), float(v), stamp, 0) for t, ms in metrics.items() for m, v in ms.items()]
+    points += [Metric(k, float(v), stamp, 0) for k, v in (extra_metrics or {}).items()]
+    curves = training_curves(training_logs or {})
+    log_batches(client, run_id, metrics=new_points(client, run_id, points + curves), params=params)
+    for name, path in artifacts.items():
+        client.log_artifact(run_id, path, artifact_path=name)
+    figures = {**({"training_loss": plots.loss_curves(losses)} if (losses := loss_series(curves)) else {}),
+               **(images or {})}
+    log_images(client, run_id, figures)
+
+
+def log_images(client: MlflowClient, run_id: str, images: dict[str, bytes], folder: str = "plots") -> None:
+    """PNG figures as artifacts `plots/<name>.png` (logging one again replaces it)."""
+    if not images:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, png in images.items():
+            path = Path(tmp) / f"{name}.png"
+            path.write_bytes(png)
+            client.log_artifact(run_id, str(path), artifact_path=folder)
+
+
+def loss_series(curves: list[Metric]) -> dict[str, list[tuple[int, float]]]:
+    """Each task's loss points from the training curves (`train[.<stage>].loss.<task>`; a staged
+    run's stages as `<stage>/<task>`)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for m in curves:
+        head, sep, task = m.key.rpartition(".loss.")
+        if sep:
+            stage = head[len("train."):] if head.startswith("train.") else ""
+            out.setdefault(f"{stage}/{task}" if stage else task, []).append((m.step, m.value))
+    return out
+
+
+def log_pyfunc(client: MlflowClient, uri: str, ref: RunRef, export_dir: str) -> Any:
+    """Log the models-from-code pyfunc (signature and input example read off the card) in the run.
+    The logged model is made here, in the run's experiment: left to `Model.log` without an active
+    run, it lands in the store's default experiment, its files under ./mlruns of the working folder."""
+    card = json.loads((Path(export_dir) / CARD).read_text())
+    model = client.create_logged_model(ref.experiment_id, name="model", source_run_id=ref.run_id)
+    with pinned_uris(uri):
+        info = Model.log(artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=ref.run_id,
+                         model_id=model.model_id, python_model=PYFUNC_FILE, artifacts={"model_dir": export_dir},
+                         code_paths=PACKAGE_DIRS, pip_requirements=_requirements(),
+                         signature=model_signature(card), input_example=input_example(card))
+    if client.get_logged_model(model.model_id).status != LoggedModelStatus.READY:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    return info
+
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def run_plots(confusions: dict[str, dict[str, Any]] | None = None,
+              affinity: dict[str, float] | None = None) -> dict[str, bytes]:
+    """The figures beside the loss curves: a confusion matrix per classification task, and the
+    affinity heatmap from its `affinity.<i>.<j>` metrics."""
+    out = {f"confusion_{task}": plots.confusion_matrix(c["labels"], c["counts"], f"{task}: dev confusion matrix")
+           for task, c in (confusions or {}).items()}
+    matrix: dict[str, dict[str, float]] = {}
+    for key, value in (affinity or {}).items():
+        _, i, j = key.split(".", 2)
+        matrix.setdefault(i, {})[j] = value
+    if matrix:
+        out["task_affinity"] = plots.affinity_heatmap(matrix)
+    return out
 
 
 def champion_labels(uri: str, model_name: str, alias: str) -> dict[str, list[str]] | None:
@@ -171,21 +376,26 @@ def champion_labels(uri: str, model_name: str, alias: str) -> dict[str, list[str
     None when there is no such model yet (a database store is not created just to look)."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return None
-    client = MlflowClient(uri)
+    client = client_for(uri)
     try:
         version = client.get_model_version_by_alias(model_name, alias)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return None
     card = json.loads(Path(client.download_artifacts(version.run_id, f"{CARD_ARTIFACT}/{CARD}")).read_text())
     return {t["name"]: list(t["labels"]) for t in card["tasks"]}
 
 
-def _with_alias(client: MlflowClient, name: str, version: ModelVersion, run_id: str, uri: str,
-                alias: str) -> Registered:
+def _with_alias(client: MlflowClient, name: str, version: ModelVersion, ref: RunRef, alias: str) -> Registered:
     client.set_registered_model_alias(name, alias, version.version)
-    experiment_id = client.get_run(run_id).info.experiment_id
-    return Registered(name, str(version.version), run_id, uri, aliases_of(client, name, version.version),
-                      run_url(uri, experiment_id, run_id))
+    return Registered(name, str(version.version), ref.run_id, ref.tracking_uri,
+                      aliases_of(client, name, version.version), ref.run_url,
+                      version_url(ref.tracking_uri, name, str(version.version)))
+
+
+def version_url(uri: str, model_name: str, version: str) -> str | None:
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{redact_uri(uri).rstrip('/')}/#/models/{model_name}/versions/{version}"
 
 
 def _requirements() -> list[str]:
@@ -226,24 +436,50 @@ def gate(challenger: dict[str, float], champion: dict[str, float], primary: dict
     return reasons
 
 
+GATE_END = "<!-- gate -->"  # what follows it in a version's description is the registration note
+
+
+def gate_table(mine: dict[str, float], held: dict[str, float] | None, primary: dict[str, str],
+               held_name: str | None) -> str:
+    """Each task's primary metric, this version's and the champion's, as a markdown table."""
+    head = "| task | metric | this version |" + (f" {held_name} |" if held is not None else "")
+    rule = "|---|---|---|" + ("---|" if held is not None else "")
+    rows = []
+    for task, metric in sorted(primary.items()):
+        key = metric_key(task, metric)
+        cells = [task, metric, f"{mine.get(key, float('nan')):.4f}"]
+        if held is not None:
+            cells.append(f"{held[key]:.4f}" if key in held else "-")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, rule, *rows])
+
+
 def promote_if_better(uri: str, model_name: str, version: str, primary: dict[str, str],
                       promotion: PromotionConfig) -> tuple[bool, list[str]]:
-    client = MlflowClient(uri)
+    client = client_for(uri)
     candidate = client.get_model_version(model_name, version)
     try:
         champion = client.get_model_version_by_alias(model_name, promotion.alias)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         champion = None
     if champion is not None and str(champion.version) == str(version):
         return True, []
-    reasons = [] if champion is None else gate(version_metrics(client, candidate), version_metrics(client, champion),
-                                               primary, promotion.tolerance)
+    mine = version_metrics(client, candidate)
+    held = None if champion is None else version_metrics(client, champion)
+    reasons = [] if held is None else gate(mine, held, primary, promotion.tolerance)
     verdict = "passed" if not reasons else "; ".join(reasons)
     client.set_model_version_tag(model_name, version, "mtl.gate", verdict)
     against = "no champion yet" if champion is None else f"against {promotion.alias} v{champion.version}"
-    client.update_model_version(model_name, version, description=(
-        f"Gate {against}, tolerance {promotion.tolerance}: "
-        + ("passed, promoted to " + promotion.alias if not reasons else "refused: " + verdict)))
+    decision = (f"Gate {against}, tolerance {promotion.tolerance}: "
+                + ("passed, promoted to " + promotion.alias if not reasons else "refused: " + verdict))
+    held_name = None if champion is None else f"{promotion.alias} v{champion.version}"
+    registered_note = (candidate.description or "").split(GATE_END, 1)[-1].strip()
+    client.update_model_version(model_name, version, description="\n\n".join(
+        part for part in (decision, gate_table(mine, held, primary, held_name), GATE_END + registered_note) if part))
+    scores = {t: mine.get(metric_key(t, m), float("nan")) for t, m in primary.items()}
+    champion_scores = None if held is None else {t: held.get(metric_key(t, m), float("nan")) for t, m in primary.items()}
+    log_images(client, candidate.run_id, {"challenger_vs_champion": plots.challenger_vs_champion(
+        scores, champion_scores, primary, held_name or promotion.alias, f"v{version}")})
     if reasons:
         return False, reasons
     set_champion(uri, model_name, version, promotion.alias)
@@ -252,11 +488,11 @@ def promote_if_better(uri: str, model_name: str, version: str, primary: dict[str
 
 def set_champion(uri: str, model_name: str, version: str, alias: str = "champion") -> str | None:
     """Point `alias` at `version`; the previous holder is recorded on the new one for rollback."""
-    client = MlflowClient(uri)
+    client = client_for(uri)
     client.get_model_version(model_name, version)  # fails clearly for a version that does not exist
     try:
         previous = str(client.get_model_version_by_alias(model_name, alias).version)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         previous = None
     if previous and previous != str(version):
         client.set_model_version_tag(model_name, version, f"mtl.previous_{alias}", previous)
