@@ -213,9 +213,16 @@ def resolve_export(model_uri: str, tracking_uri: str | None, workdir: str) -> Pa
     if tracking_uri and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
         raise ServingError(f"{model_uri}: no MLflow store at {tracking_uri} (pass --tracking-uri or set "
                            "MLFLOW_TRACKING_URI)")
+    from contextlib import nullcontext
+
+    from training.release.registry import pinned_uris
+
+    # download_artifacts resolves a models:/ URI through the process-wide registry URI whatever
+    # registry_uri it is given: pin both for the call, then put them back
     try:
-        found = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=workdir,
-                                                    tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        with pinned_uris(tracking_uri) if tracking_uri else nullcontext():
+            found = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=workdir,
+                                                        tracking_uri=tracking_uri, registry_uri=tracking_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise ServingError(f"{model_uri}: {exc.message}") from None
     return _export_in(Path(found), model_uri)

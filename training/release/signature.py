@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
-from mlflow.types.schema import Array
+from mlflow.types.schema import AnyType, Array
 
 from data_prep.config import is_pair_task, is_regression, is_token_task
 
@@ -35,10 +35,12 @@ def _output(task: dict[str, Any]) -> ColSpec:
 
 def model_signature(card: dict[str, Any]) -> ModelSignature:
     inputs = [ColSpec(DataType.string, "text", required=False),
-              ColSpec(Array(DataType.string), "tokens", required=False)]
+              # Any, not Array(string): a row that sends text has no tokens (null), which an Array
+              # column refuses
+              ColSpec(AnyType(), "tokens", required=False)]
     if _has_pairs(card):
         inputs.append(ColSpec(DataType.string, "text_pair", required=False))
-    inputs.append(ColSpec(DataType.string, "id", required=False))
+    inputs.append(ColSpec(AnyType(), "id", required=False))  # ids may be numbers or strings
     return ModelSignature(inputs=Schema(inputs), outputs=Schema([_output(t) for t in card["tasks"]]))
 
 
