@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test validate mutation clean
+.PHONY: install demo test validate servers mutation clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ validate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The test suite's production servers, for a look around (README "Production mode"): PostgreSQL,
+# S3 (moto), MLflow and Prefect servers, a process worker; URLs printed, Ctrl-C stops and deletes all.
+servers: $(STAMP)
+	$(BIN)/python tests/servers.py
 
 # Not part of `make test` or CI: breaks the code that decides results on purpose, one mutant at a
 # time, and checks the tests notice (tools/mutation.py; 4 to 7 minutes on 2 CPU cores).

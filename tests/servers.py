@@ -25,6 +25,8 @@ BIN = Path(sys.executable).parent  # the venv's mlflow, prefect and moto_server 
 S3_KEY, S3_SECRET = "testing-key", "testing-secret"  # moto accepts any; never real credentials
 ARTIFACT_BUCKET = "mlflow-artifacts"
 POOL = "mtl-cpu"  # the work pool prefect.yaml's deployments name
+# infra/compose.yaml and infra/k8s/mlflow.yaml set the same (tests/test_production_infra.py)
+MLFLOW_SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class ServerError(RuntimeError):
@@ -67,11 +69,20 @@ class Process:
             self.popen.wait(5)
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies, even by SIGKILL (Linux), so a
+    killed test session leaves no server behind."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def spawn(name: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Path = ROOT) -> Process:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                 cwd=cwd, start_new_session=True)
+                                 cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
     return Process(name, popen, log)
 
 
@@ -150,7 +161,7 @@ def start_mlflow(backend_uri: str, artifacts: str, logs: Path, env: dict[str, st
     port = free_port()
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts,
            "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = spawn("mlflow server", cmd, logs / "mlflow.log", {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    proc = spawn("mlflow server", cmd, logs / "mlflow.log", {**env, **MLFLOW_SERVER_ENV})
     proc.url = f"http://127.0.0.1:{port}"
     if wait:
         wait_healthy(proc, f"{proc.url}/health", timeout, expect="OK")
@@ -269,6 +280,7 @@ if __name__ == "__main__":  # `python tests/servers.py [FOLDER]`: the stack for 
 
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp(prefix="mtl-servers-"))
     folder.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # `kill` stops the stack like Ctrl-C does
     with running_stack(folder) as running:
         prefect_cli(["work-pool", "create", POOL, "--type", "process", "--overwrite"], running.env)
         running.worker = start_worker(POOL, {**running.env, **worker_env()}, folder / "logs")

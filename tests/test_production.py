@@ -26,10 +26,14 @@ def client(stack: servers.Stack):
 @pytest.fixture(scope="module")
 def deployed(production_stack: servers.Stack) -> dict[str, Any]:
     """`prefect deploy --all` from the project folder, as the README says, against the test server."""
-    out = servers.prefect_cli(["deploy", "--all"], {**production_stack.env, "MTL_PROJECT_DIR": str(servers.ROOT)})
+    # without MTL_PROJECT_DIR: the pull step keeps its placeholder, the worker's environment fills it
+    env = {k: v for k, v in production_stack.env.items() if k != "MTL_PROJECT_DIR"}
+    out = servers.prefect_cli(["deploy", "--all"], env)
     with client(production_stack) as api:
         found = {d.name: d for d in api.read_deployments()}
     assert {"nightly", "on-demand", "full-config", "promote"} <= set(found), out
+    pull = found["on-demand"].pull_steps[0]["prefect.deployments.steps.set_working_directory"]
+    assert pull["directory"] == "{{ $MTL_PROJECT_DIR }}"
     return found
 
 
