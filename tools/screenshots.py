@@ -71,7 +71,8 @@ def main() -> None:
             deployment_id, run_id = run_on_demand(stack, base / "state")
             version = MlflowClient(stack.mlflow.url).get_model_version_by_alias("mtl-shots", "champion")
             experiment = MlflowClient(stack.mlflow.url).get_run(version.run_id).info.experiment_id
-            shoot(f"{stack.prefect.url}/deployments/deployment/{deployment_id}/run", "prefect-run-form", 2000)
+            # the v2 UI: v1 draws this form under a dimming overlay in headless Chromium
+            shoot(f"{stack.prefect.url}/v2/deployments/deployment/{deployment_id}/run", "prefect-run-form", 2000)
             shoot(f"{stack.prefect.url}/runs/flow-run/{run_id}", "prefect-flow-run")
             shoot(f"{stack.mlflow.url}/#/experiments/{experiment}/runs/{version.run_id}", "mlflow-run")
             shoot(f"{stack.mlflow.url}/#/models/mtl-shots/versions/{version.version}", "mlflow-model-version")
