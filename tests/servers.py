@@ -69,13 +69,23 @@ class Process:
             self.popen.wait(5)
 
 
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:  # not glibc Linux: servers then outlive a killed session, stop() still ends them
+        return None
+
+
+_LIBC = _libc()  # loaded here, not in the forked child, where the loader's lock may be held
+
+
 def _die_with_parent() -> None:
     """In the child: SIGTERM when the process that started it dies, even by SIGKILL (Linux), so a
     killed test session leaves no server behind."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def spawn(name: str, cmd: list[str], log: Path, env: dict[str, str], cwd: Path = ROOT) -> Process:
