@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test validate mutation clean
+.PHONY: install demo test validate servers screenshots mutation clean
 
 install: $(STAMP)
 
@@ -33,6 +33,16 @@ validate: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The test suite's production servers, for a look around (README "Production mode"): PostgreSQL,
+# S3 (moto), MLflow and Prefect servers, a process worker; URLs printed, Ctrl-C stops and deletes all.
+servers: $(STAMP)
+	$(BIN)/python tests/servers.py
+
+# PNGs of the Prefect run form, a finished flow run and the MLflow run (tools/screenshots.py; needs
+# chromium: apt-get install chromium). About 3 minutes; not part of `make test`.
+screenshots: $(STAMP)
+	$(BIN)/python tools/screenshots.py
 
 # Not part of `make test` or CI: breaks the code that decides results on purpose, one mutant at a
 # time, and checks the tests notice (tools/mutation.py; 4 to 7 minutes on 2 CPU cores).

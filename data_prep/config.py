@@ -25,6 +25,8 @@ def is_pair_task(task_type: str) -> bool:
 def is_regression(task_type: str) -> bool:
     """One real-valued target per example, no label set."""
     return task_type in ("sequence_regression", "sequence_pair_regression")
+# the readers' names (data_prep.readers.READERS; a test keeps the two equal), a choice in a form
+ReaderFormat = Literal["conllu", "conll", "tsv", "csv", "jsonl", "parquet", "label_text"]
 Column = int | str
 LabelAlignment = Literal["first", "all", "last"]
 
@@ -87,7 +89,8 @@ class TaskDataConfig(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", description="task name: letters, digits, _")
     type: TaskType
     source: Literal["files", "hub"] = Field("files", description="files (local or s3://) or a datasets hub dataset")
-    format: str | None = Field(None, description="files: reader name: conllu, conll, tsv, csv, jsonl, parquet or label_text")
+    format: ReaderFormat | None = Field(None, description="files: the reader: conllu, conll, tsv, csv, jsonl, parquet "
+                                                          "or label_text")
     hub: HubSource | None = Field(None, description="source hub: the dataset to load")
     train: str | list[str] = Field(description="train split: file, glob, folder or list (hub: split name)")
     dev: str | list[str] | None = Field(

@@ -5,6 +5,9 @@ every problem and reports them together, each naming its key and the fix.
 """
 from __future__ import annotations
 
+import copy
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,7 @@ class StorageConfig(BaseModel):
     root: str = Field(".mtl", description="state directory: runs, checkpoints, exports, MLflow store")
     cache: str | None = Field(
         None, description="content-addressed cache of ingested and tokenized data: a folder or s3://bucket/prefix "
-                          "(default: <root>/cache)")
+                          "(default: the cache folder under root)")
     s3: S3Config = Field(S3Config(), description="endpoint, region and credentials for s3:// data and cache; "
                                                  "unset values fall back to the AWS_* environment variables")
 
@@ -81,7 +84,8 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
         raise ConfigError(source, problems) from None
 
 
-def load_config(path: str | Path) -> PipelineConfig:
+def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
+    """The YAML at `path`, with `overrides` (dotted keys, see `apply_overrides`) set on top."""
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
@@ -90,7 +94,84 @@ def load_config(path: str | Path) -> PipelineConfig:
         raise ConfigError(str(path), [f"not valid YAML: {exc}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), ["the top level must be a mapping of keys"])
-    return parse_config(raw, str(path))
+    if not overrides:
+        return parse_config(raw, str(path))
+    source = f"{path} with overrides {', '.join(overrides)}"
+    return parse_config(apply_overrides(raw, overrides, source), source)
+
+
+def run_overrides(fields: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A deployment's typed fields (None: not set) and its free dotted-key `overrides`, which win."""
+    return {**{key: value for key, value in fields.items() if value is not None}, **(overrides or {})}
+
+
+_KEY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*|\.\*|\[\d+\])*$")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: str = "overrides") -> dict[str, Any]:
+    """A copy of `raw` with each dotted key set to its value: `training.steps`, `storage.root`,
+    `tasks.pos.max_train_examples` (a task by its name), `tasks[0].dev` or `tasks.*.max_dev_examples`
+    (every task). A key that does not lead anywhere is refused here, naming it; what the value must
+    be, `parse_config` then says (an unknown field reads `training.stepz: Extra inputs are not
+    permitted`)."""
+    out, problems = copy.deepcopy(raw), []
+    # a section replaced whole (`tasks`) first, then the fields inside it (`tasks.*.max_dev_examples`)
+    for key, value in sorted(overrides.items(), key=lambda item: item[0].count(".") + item[0].count("[")):
+        if not _KEY.match(key):
+            problems.append(f"{key}: not a config key; write sections and fields with dots, e.g. training.steps, "
+                            "tasks.pos.max_train_examples or tasks[0].dev")
+            continue
+        parts = [int(p[1:-1]) if p.startswith("[") else p for p in re.findall(r"\[\d+\]|[^.\[\]]+", key)]
+        if "*" in parts:  # every entry of that list: one key per entry, each checked like any other
+            problems += _set_each(out, parts, value, key)
+            continue
+        if (problem := _set_path(out, parts, value, key)) is not None:
+            problems.append(problem)
+    if problems:
+        raise ConfigError(source, problems)
+    return out
+
+
+def _set_path(node: Any, parts: list[str | int], value: Any, key: str) -> str | None:
+    """Set node[parts...] = value, creating sections on the way; a problem naming `key`, or None."""
+    for depth, part in enumerate(parts):
+        here = key if depth == len(parts) - 1 else _key(tuple(parts[: depth + 1]))
+        if isinstance(node, list):
+            index = _list_index(node, part)
+            if index is None:
+                names = [t.get("name") for t in node if isinstance(t, dict)]
+                return (f"{here}: no such entry; {'the tasks are ' + ', '.join(map(str, names)) if names else 'empty'}"
+                        f" (by name, e.g. tasks.{names[0] if names else 'pos'}.dev, or by position, tasks[0].dev)")
+            part = index
+        elif not isinstance(node, dict) or isinstance(part, int):
+            return f"{here}: {_key(tuple(parts[:depth])) or 'the config'} is not a section one can set keys in"
+        if depth == len(parts) - 1:
+            node[part] = value
+            return None
+        if isinstance(node, dict) and part not in node:
+            node[part] = {}
+        node = node[part]
+    return None
+
+
+def _set_each(raw: dict[str, Any], parts: list[str | int], value: Any, key: str) -> list[str]:
+    star = parts.index("*")
+    node: Any = raw
+    for part in parts[:star]:
+        node = node.get(part) if isinstance(node, dict) and not isinstance(part, int) else None
+    if not isinstance(node, list):
+        return [f"{key}: {_key(tuple(parts[:star]))} is not a list (* stands for each of its entries)"]
+    problems = []
+    for index in range(len(node)):
+        problem = _set_path(raw, [*parts[:star], index, *parts[star + 1:]], value, key)
+        problems += [problem] if problem else []
+    return problems
+
+
+def _list_index(items: list[Any], part: str | int) -> int | None:
+    if isinstance(part, int):
+        return part if part < len(items) else None
+    return next((i for i, item in enumerate(items) if isinstance(item, dict) and item.get("name") == part), None)
 
 
 def semantic_problems(cfg: PipelineConfig) -> list[str]:

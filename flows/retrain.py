@@ -16,10 +16,11 @@ from prefect import flow
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flows.config import PipelineConfig, load_config  # noqa: E402
+from flows.config import PipelineConfig, load_config, run_overrides  # noqa: E402
 from flows.tasks import (champion_label_maps, close_mlflow_run, data_params, evaluate,  # noqa: E402
                          fail_mlflow_run, ingest, open_mlflow_run, prepare_run, promote, register, task_affinity,
                          tokenize, train)
+from training.config import SamplerName, SharingName, WeightingName  # noqa: E402
 from training.release.registry import redact_uri  # noqa: E402
 from training.task_spec import spec_for  # noqa: E402
 
@@ -75,9 +76,33 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
                      for n, r in tokenized.items()}}
 
 
-@flow(name="retrain-from-file", description="Load a pipeline YAML and run retrain (for scheduled deployments).")
-def retrain_from_file(config_path: str = "configs/demo.yaml") -> dict[str, Any]:
-    return retrain(load_config(config_path))
+@flow(name="retrain-from-file", description="Load a pipeline YAML, set the fields given here on top, and run "
+                                            "retrain (the nightly and on-demand deployments).")
+def retrain_from_file(config_path: str = "configs/demo.yaml", steps: int | None = None,
+                      learning_rate: float | None = None, processes: int | None = None,
+                      sharing: SharingName | None = None, weighting: WeightingName | None = None,
+                      sampler: SamplerName | None = None, max_train_examples: int | None = None,
+                      max_dev_examples: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each field left empty keeps the file's value; the config is checked as a whole before any work.
+
+    Args:
+        config_path: pipeline YAML, relative to the project folder (the deployment's working directory)
+        steps: training.steps, optimizer steps
+        learning_rate: training.learning_rate, peak learning rate
+        processes: training.processes, training processes per node
+        sharing: training.sharing, the sharing strategy
+        weighting: training.weighting, the loss weighting
+        sampler: training.sampler, the task sampler
+        max_train_examples: max_train_examples of every task: subsample train to this many
+        max_dev_examples: max_dev_examples of every task: subsample dev to this many
+        overrides: any other field by its dotted key, e.g. {"training.eval_every": 50, "storage.root": "/data/mtl",
+            "tasks.pos.max_train_examples": 2000, "tasks[0].dev": "ud/dev.conllu"}; a wrong key or value fails
+            the run before any work, naming the key
+    """
+    fields = {"training.steps": steps, "training.learning_rate": learning_rate, "training.processes": processes,
+              "training.sharing": sharing, "training.weighting": weighting, "training.sampler": sampler,
+              "tasks.*.max_train_examples": max_train_examples, "tasks.*.max_dev_examples": max_dev_examples}
+    return retrain(load_config(config_path, run_overrides(fields, overrides)))
 
 
 if __name__ == "__main__":

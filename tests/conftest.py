@@ -131,3 +131,26 @@ def no_shared_memory_left_behind(own_rendezvous_ports: OwnRendezvousPorts) -> It
     yield
     left = own_rendezvous_ports.leftovers()
     assert not left, f"DeepSpeed shared-memory buffers left in {own_rendezvous_ports.shm_dir}: {left}"
+
+
+@pytest.fixture(scope="session")
+def production_stack():
+    """The production servers (tests/servers.py), once per session: PostgreSQL, an S3 endpoint, an
+    MLflow server (PostgreSQL + S3 artifacts), a Prefect server (PostgreSQL) and a process worker
+    on the `mtl-cpu` pool; all stopped at session end. About 25 s to start on 2 CPU cores. Their
+    folder (data, logs) is not under pytest's basetemp, which a concurrent session may prune;
+    MTL_KEEP_SERVER_LOGS=1 keeps it."""
+    import tempfile
+
+    import servers
+
+    base = Path(tempfile.mkdtemp(prefix="mtl-servers-", dir=os.environ.get("MTL_TEST_TMP", "/tmp")))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))}
+    try:
+        with servers.running_stack(base, env) as stack:
+            servers.prefect_cli(["work-pool", "create", servers.POOL, "--type", "process"], stack.env)
+            stack.worker = servers.start_worker(servers.POOL, {**stack.env, **servers.worker_env()}, base / "logs")
+            yield stack
+    finally:
+        if not os.environ.get("MTL_KEEP_SERVER_LOGS"):
+            shutil.rmtree(base, ignore_errors=True)

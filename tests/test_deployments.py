@@ -35,6 +35,12 @@ def test_nightly_is_a_cron_schedule_on_an_existing_config():
     assert (ROOT / nightly["parameters"]["config_path"]).is_file()
 
 
-def test_on_demand_defaults_mirror_the_demo_config():
+def test_full_config_defaults_mirror_the_demo_config():
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    assert deployments()["on-demand"]["parameters"]["config"] == demo
+    assert deployments()["full-config"]["parameters"]["config"] == demo
+
+
+def test_on_demand_takes_a_config_file_and_field_overrides():
+    on_demand = deployments()["on-demand"]
+    assert on_demand["entrypoint"] == "flows/retrain.py:retrain_from_file"
+    assert (ROOT / on_demand["parameters"]["config_path"]).is_file()

@@ -6,7 +6,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+# The registries' names as types, so a form (Prefect's, from the JSON schema) offers a choice and a
+# wrong name fails at parse time listing the valid ones. tests/test_production_params.py keeps each
+# equal to its registry (SHARING, SAMPLERS, WEIGHTINGS, SCHEDULES).
+SharingName = Literal["hard", "soft", "attention", "adversarial", "multi_encoder"]
+SamplerName = Literal["proportional", "temperature", "annealed", "uniform", "round_robin"]
+WeightingName = Literal["equal", "static", "uncertainty", "dwa", "gradnorm", "pcgrad"]
+ScheduleName = Literal["single", "mtdnn"]
+RETIRED_SHARING = {
+    "transfer": "training.sharing: 'transfer' is no longer a sharing strategy: staged training is a schedule. "
+                "Set training.schedule: mtdnn (its finetune_tasks and finetune_steps go under "
+                "training.schedule_params) and training.sharing: hard for its multi-task stage",
+}
 
 
 class EncoderConfig(BaseModel):
@@ -54,23 +68,24 @@ class TrainingConfig(BaseModel):
         "per_node", description="per_node: every node runs its own launcher (--no_ssh, node_rank); "
                                 "ssh: node 0 starts all nodes listed in the hostfile")
     checkpoint_uri: str | None = Field(
-        None, description="local folder or s3://bucket/prefix; a run's checkpoints go under <uri>/<run name>. "
-                          "Default: the run folder. Several nodes need a shared folder or s3://")
-    schedule: str = Field("single", description="how the run is staged: single (one multi-task stage) or mtdnn "
-                          "(a multi-task stage, then each task fine-tuned from it)")
+        None, description="local folder or s3://bucket/prefix; a run's checkpoints go in a folder named after "
+                          "the run below it. Default: the run folder. Several nodes need a shared folder or s3://")
+    schedule: ScheduleName = Field("single", description="how the run is staged: single (one multi-task stage) "
+                                   "or mtdnn (a multi-task stage, then each task fine-tuned from it)")
     schedule_params: dict[str, Any] = Field(default_factory=dict, description="schedule parameters (mtdnn: "
                                             "finetune_tasks, finetune_steps)")
-    sharing: str = Field("hard", description="sharing strategy name: hard, soft, attention, adversarial, "
-                         "multi_encoder")
-    sampler: str = Field("proportional", description="task sampler name: proportional, temperature, annealed, "
-                                                      "uniform, round_robin")
+    sharing: SharingName = Field("hard", description="sharing strategy: hard, soft, attention, adversarial, "
+                                 "multi_encoder")
+    sampler: SamplerName = Field("proportional", description="task sampler: proportional, temperature, annealed, "
+                                                             "uniform, round_robin")
     sampler_temperature: float = Field(2.0, gt=0, description="tau of the temperature sampler: p ~ size^(1/tau)")
     sampler_final_alpha: float = Field(0.0, ge=0, le=1, description="annealed sampler: p ~ size^alpha, alpha "
                                        "falling from 1 to this over training (0 = uniform)")
     group_by_length: bool = Field(True, description="batch examples of similar length (less padding)")
     length_bucket_batches: int = Field(64, ge=1, description="global batches per length-sorted bucket; larger "
                                        "buckets pad less but make batch composition less random")
-    weighting: str = Field("equal", description="loss weighting name")
+    weighting: WeightingName = Field("equal", description="loss weighting: equal, static, uncertainty, dwa, "
+                                     "gradnorm, pcgrad")
     # issue 5: parameters of the chosen strategy / weighting, validated by the strategy's own model
     sharing_params: dict[str, Any] = Field(default_factory=dict, description="sharing strategy parameters")
     weighting_params: dict[str, Any] = Field(default_factory=dict, description="loss weighting parameters")
@@ -93,6 +108,14 @@ class TrainingConfig(BaseModel):
                                  "best dev score for this many evaluations")
     timeout_s: int = Field(6 * 3600, gt=0, description="wall-clock limit of the launched training")
     threads_per_process: int | None = Field(None, ge=1, description="torch threads per process on CPU")
+
+    @field_validator("sharing", mode="before")
+    @classmethod
+    def _retired_sharing(cls, value: Any) -> Any:
+        # a retired name points at what replaced it instead of only listing the current names
+        if isinstance(value, str) and value in RETIRED_SHARING:
+            raise PydanticCustomError("retired", RETIRED_SHARING[value].removeprefix("training.sharing: "))
+        return value
 
 
 ZERO_STAGE_RULE = ("auto: parameter offload -> 3, optimizer offload -> 2, one process -> 0 (a stage would "

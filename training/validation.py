@@ -5,19 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from training.config import (DeepSpeedConfig, EncoderConfig, TrainingConfig, batching_problems, deepspeed_problems,
-                             engine_plan, training_problems)
+from training.config import (RETIRED_SHARING, DeepSpeedConfig, EncoderConfig, TrainingConfig, batching_problems,
+                             deepspeed_problems, engine_plan, training_problems)
 from training.launch.schedule import SCHEDULES
 from training.lookup import lookup
 from training.model.sharing import SHARING
 from training.trainer.sampling import SAMPLERS
 from training.trainer.weighting import WEIGHTINGS
-
-RETIRED_SHARING = {
-    "transfer": "training.sharing: 'transfer' is no longer a sharing strategy: staged training is a schedule. "
-                "Set training.schedule: mtdnn (its finetune_tasks and finetune_steps go under "
-                "training.schedule_params) and training.sharing: hard for its multi-task stage",
-}
 
 
 def config_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, tasks: list[str],
