@@ -41,10 +41,13 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
 
 
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.")
-def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None,
+            resume_run_dir: str | None = None) -> dict[str, Any]:
     """`previous_labels`: task name -> the label list of the model being replaced (the champion's
-    card), so existing labels keep their ids and new ones are appended. None: the champion's."""
-    run_dir = prepare_run(config)
+    card), so existing labels keep their ids and new ones are appended. None: the champion's.
+    `resume_run_dir`: the folder of a run whose flow process died: training goes on from its
+    newest sound checkpoint instead of starting in a new folder (`mtl run --resume`)."""
+    run_dir = prepare_run(config, resume_run_dir)
     if previous_labels is None:
         previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root)
     ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)

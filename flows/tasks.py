@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 from data_prep.cache import ArtifactCache
 from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
-from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
+from flows.config import REFUSED, ConfigError, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model.multitask import resolve_encoder_path
 from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
@@ -41,16 +41,37 @@ TASK_DEFAULTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=5, retry_con
 
 
 @task(name="prepare-run", **TASK_DEFAULTS)
-def prepare_run(config: PipelineConfig) -> str:
-    """Check the config (and that every file exists), make the run folder, save the resolved config."""
+def prepare_run(config: PipelineConfig, resume_run_dir: str | None = None) -> str:
+    """Check the config (and that every file exists), make the run folder, save the resolved config.
+    `resume_run_dir`: an earlier run's folder (its flow process died) to go on in: its checkpoints
+    are resumed from; refused unless it was made by this same config."""
     check_config(config)
-    run_id = flow_run.get_id() or "local"
-    run_dir = Path(config.storage.root).resolve() / "runs" / f"{config.name}-{run_id}"
     resolved = config.model_dump(mode="json")
     resolved["data_dir"] = config.resolved_data_dir()
+    if resume_run_dir is not None:
+        run_dir = Path(resume_run_dir).resolve()
+        check_resumable(run_dir, resolved)
+        get_run_logger().info("resuming in run folder: %s", run_dir)
+        return str(run_dir)
+    run_id = flow_run.get_id() or "local"
+    run_dir = Path(config.storage.root).resolve() / "runs" / f"{config.name}-{run_id}"
     atomic_write_text(RunLayout(run_dir).config_file, json.dumps(resolved, indent=2))
     get_run_logger().info("run folder: %s", run_dir)
     return str(run_dir)
+
+
+def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """A run goes on only with the config it started with: other settings would mix checkpoints
+    of two trainings in one folder."""
+    saved_file = RunLayout(run_dir).config_file
+    if not saved_file.is_file():
+        raise ConfigError("--resume", [f"{run_dir}: not a run folder (no {saved_file.name}); give a folder "
+                                       "under <storage.root>/runs/"])
+    saved = json.loads(saved_file.read_text())
+    if changed := sorted(k for k in set(saved) | set(resolved) if saved.get(k) != resolved.get(k)):
+        raise ConfigError("--resume", [f"{k}: differs from the config {run_dir.name} was started with "
+                                       f"({saved_file}); resume with that config or start a new run"
+                                       for k in changed])
 
 
 @task(name="champion-labels", **TASK_DEFAULTS)
