@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 from flows.config import PipelineConfig, load_config  # noqa: E402
 from flows.tasks import (champion_label_maps, evaluate, ingest, prepare_run, promote,  # noqa: E402
                          data_params, register, task_affinity, tokenize, train)
+from training.release.registry import redact_uri  # noqa: E402
 from training.task_spec import spec_for  # noqa: E402
 
 
@@ -62,8 +63,9 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
                           task_affinity(export_dir, features, config.affinity))
     decision = promote(registered, specs, config.promotion)
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
+    # the summary is printed and written to a file: a password in the tracking URI stays out of it
     return {"model_name": registered["model_name"], "version": registered["version"],
-            "aliases": sorted(set(aliases)), "tracking_uri": registered["tracking_uri"],
+            "aliases": sorted(set(aliases)), "tracking_uri": redact_uri(registered["tracking_uri"]),
             "run_id": registered["run_id"], "promoted": decision["promoted"], "gate": decision["reasons"],
             "metrics": metrics, "run_dir": run_dir,
             "data": {n: {"stats": r["stats"], "cached": r["cached"] and ingested[n]["cached"]}

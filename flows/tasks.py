@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,8 @@ def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: st
              export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]],
              data_metrics: dict[str, float]) -> dict[str, Any]:
     uri = tracking_uri(registry, state_dir)
+    if redact_uri(uri) != uri:  # MLflow prints each run's URL to stdout, the URI's password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     artifacts, logs = run_files(run_dir, export_dir)
     links = {"mtl.prefect_flow_run_id": flow_run.get_id() or "", "mtl.prefect_flow_run_url": flow_run.ui_url or ""}
     registered = register_model(registry, uri, default_artifact_root(uri, state_dir), Path(run_dir).name,
