@@ -18,7 +18,8 @@ from training.launch.launcher import free_port
 from training.trainer.checkpoints import COMPLETE, CheckpointStore, damage
 
 PREVIOUS, TAG = "step_00000004", "step_00000008"
-FILES = {"mp_rank_00_model_states.pt": b"model" * 50, "zero_pp_rank_0_mp_rank_00_optim_states.pt": b"optim" * 80,
+FILES = {"mp_rank_00_model_states.pt": b"model" * 50,
+         "zero_pp_rank_0_mp_rank_00_optim_states.pt": b"optim" * 80,
          "zero_pp_rank_1_mp_rank_00_optim_states.pt": b"optim" * 81, "rank_state_0.pt": b"rng0", "rank_state_1.pt": b"rng1"}
 OUTAGE_S = 1.0  # the endpoint comes back after this; the retries (0.2 + 0.4 + 0.8 s) outlast it
 
