@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any, Literal, TypeVar
 
 from data_prep.config import S3Config
+from data_prep.retry import with_retries
 from data_prep.sources import filesystem, is_url
 
 MARKER = "_COMMITTED"
@@ -114,9 +115,11 @@ class ArtifactCache:
             with tempfile.TemporaryDirectory(prefix=f"mtl-{kind}-") as staging:
                 yield Path(staging)
                 for source in sorted(Path(staging).iterdir()):
-                    self.fs.put_file(str(source), self._path(kind, key, source.name))
+                    target = self._path(kind, key, source.name)
+                    with_retries(lambda s=str(source), t=target: self.fs.put_file(s, t), f"upload of {target}")
                 # the commit, after every file: it holds their checksums
-                self.fs.pipe_file(self._path(kind, key, MARKER), manifest(Path(staging)))
+                marker, content = self._path(kind, key, MARKER), manifest(Path(staging))
+                with_retries(lambda: self.fs.pipe_file(marker, content), f"commit of {marker}")
             return
         final = Path(self._path(kind, key))
         tmp = final.with_name(f".tmp-{key}-{uuid.uuid4().hex[:8]}")

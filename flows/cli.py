@@ -51,7 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_config(config, args.config)  # before a Prefect server is even started
     from flows.retrain import retrain
 
-    summary = retrain(config)
+    summary = retrain(config, resume_run_dir=args.resume)
     text = json.dumps(summary, indent=2)
     print(text)
     if args.summary:
@@ -92,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the retrain flow locally")
     run.add_argument("config")
     run.add_argument("--summary", help="write a JSON summary of the registered model here")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="go on in this earlier run's folder (<storage.root>/runs/<name>-<id>), from its newest "
+                          "sound checkpoint, e.g. after its flow process was killed")
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check config and data without training")
     val.add_argument("config")

@@ -49,10 +49,14 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
 # registration is the second to last task, so a run that fails before it has registered nothing
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.",
       on_failure=[fail_mlflow_run], on_crashed=[fail_mlflow_run], on_cancellation=[fail_mlflow_run])
-def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None) -> dict[str, Any]:
+def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None,
+            resume_run_dir: str | None = None) -> dict[str, Any]:
     """`previous_labels`: task name -> the label list of the model being replaced (the champion's
-    card), so existing labels keep their ids and new ones are appended. None: the champion's."""
-    run_dir = prepare_run(config)
+    card), so existing labels keep their ids and new ones are appended. None: the champion's.
+    `resume_run_dir`: the folder of a run whose flow process died: training goes on from its
+    newest sound checkpoint instead of starting in a new folder (`mtl run --resume`), in the same
+    MLflow run (its key is the folder's name)."""
+    run_dir = prepare_run(config, resume_run_dir)
     mlflow_run = open_mlflow_run(config.registry, config.storage.root, run_dir, mlflow_params(config))
     if previous_labels is None:
         previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root)
@@ -68,8 +72,9 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
     decision = promote(registered, specs, config.promotion)
     close_mlflow_run(mlflow_run)
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
+    # the summary is printed and written to a file: a password in the tracking URI stays out of it
     return {"model_name": registered["model_name"], "version": registered["version"],
-            "aliases": sorted(set(aliases)), "tracking_uri": registered["tracking_uri"],
+            "aliases": sorted(set(aliases)), "tracking_uri": redact_uri(registered["tracking_uri"]),
             "run_id": registered["run_id"], "promoted": decision["promoted"], "gate": decision["reasons"],
             "metrics": metrics, "run_dir": run_dir,
             "data": {n: {"stats": r["stats"], "cached": r["cached"] and ingested[n]["cached"]}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from prefect.runtime import flow_run
 from data_prep.cache import ArtifactCache
 from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
-from flows.config import REFUSED, PipelineConfig, StorageConfig, check_config
+from flows.config import REFUSED, ConfigError, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model.multitask import resolve_encoder_path
 from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
@@ -45,12 +46,19 @@ TASK_DEFAULTS: dict[str, Any] = dict(retries=2, retry_delay_seconds=5, retry_con
 
 
 @task(name="prepare-run", **TASK_DEFAULTS)
-def prepare_run(config: PipelineConfig) -> str:
-    """Check the config (and that every file exists), make the run folder, save the resolved config."""
+def prepare_run(config: PipelineConfig, resume_run_dir: str | None = None) -> str:
+    """Check the config (and that every file exists), make the run folder, save the resolved config.
+    `resume_run_dir`: an earlier run's folder (its flow process died) to go on in: its checkpoints
+    are resumed from; refused unless it was made by this same config."""
     check_config(config)
-    run_dir = Path(config.storage.root).resolve() / "runs" / run_key(config.name, flow_run.get_id())
     resolved = config.model_dump(mode="json")
     resolved["data_dir"] = config.resolved_data_dir()
+    if resume_run_dir is not None:
+        run_dir = Path(resume_run_dir).resolve()
+        check_resumable(run_dir, resolved)
+        get_run_logger().info("resuming in run folder: %s", run_dir)
+        return str(run_dir)
+    run_dir = Path(config.storage.root).resolve() / "runs" / run_key(config.name, flow_run.get_id())
     atomic_write_text(RunLayout(run_dir).config_file, json.dumps(resolved, indent=2))
     get_run_logger().info("run folder: %s", run_dir)
     return str(run_dir)
@@ -59,6 +67,14 @@ def prepare_run(config: PipelineConfig) -> str:
 def run_key(config_name: str, flow_run_id: str | None) -> str:
     """The run folder's name, and the MLflow run's key: one per flow run, the same on a retry."""
     return f"{config_name}-{flow_run_id or 'local'}"
+
+
+def quiet_urls(uri: str) -> str:
+    """MLflow prints each run's URL to stdout, a password in the tracking URI included: not when
+    the URI holds credentials."""
+    if redact_uri(uri) != uri:
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    return uri
 
 
 def flow_run_links() -> dict[str, str]:
@@ -71,7 +87,7 @@ def flow_run_links() -> dict[str, str]:
 def open_mlflow_run(registry: RegistryConfig, state_dir: str, run_dir: str, params: dict[str, Any]) -> dict[str, Any]:
     """The flow run's MLflow run, opened before any work (found again on a retry or a rerun), with
     the resolved config as params (secrets masked) and links to the flow run; closed at the end."""
-    uri = tracking_uri(registry, state_dir)
+    uri = quiet_urls(tracking_uri(registry, state_dir))
     key = Path(run_dir).name
     links = flow_run_links()
     note = (f"Prefect flow run [{links.get('mtl.prefect_flow_run_name', key)}]({links['mtl.prefect_flow_run_url']})"
@@ -103,7 +119,9 @@ def fail_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             return  # failed before a run was opened: nothing to close (and no store to create)
         reason = f"{state.type.value}: {state.message or ''}"
-        fail_run(registry, uri, run_key(config["name"], str(flow_run_.id)), reason,
+        resumed = flow_run_.parameters.get("resume_run_dir")
+        key = Path(resumed).name if resumed else run_key(config["name"], str(flow_run_.id))
+        fail_run(registry, uri, key, reason,
                  "KILLED" if state.is_cancelled() else "FAILED")
     except Exception as exc:  # noqa: BLE001 - reported, never raised
         import logging
@@ -132,6 +150,20 @@ class ProgressFeed:
             if not self.failed:
                 self.failed = True
                 self.warn(f"progress artifact not updated: {exc}")
+
+
+def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """A run goes on only with the config it started with: other settings would mix checkpoints
+    of two trainings in one folder."""
+    saved_file = RunLayout(run_dir).config_file
+    if not saved_file.is_file():
+        raise ConfigError("--resume", [f"{run_dir}: not a run folder (no {saved_file.name}); give a folder "
+                                       "under <storage.root>/runs/"])
+    saved = json.loads(saved_file.read_text())
+    if changed := sorted(k for k in set(saved) | set(resolved) if saved.get(k) != resolved.get(k)):
+        raise ConfigError("--resume", [f"{k}: differs from the config {run_dir.name} was started with "
+                                       f"({saved_file}); resume with that config or start a new run"
+                                       for k in changed])
 
 
 @task(name="champion-labels", **TASK_DEFAULTS)
@@ -239,7 +271,7 @@ def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: st
              data_metrics: dict[str, float]) -> dict[str, Any]:
     """Fill the flow run's MLflow run (`params`: e.g. data statistics; `data_metrics`: e.g.
     affinity cells; curves, files and figures) and register one version of its model."""
-    uri = tracking_uri(registry, state_dir)
+    uri = quiet_urls(tracking_uri(registry, state_dir))
     artifacts, logs = run_files(run_dir, export_dir)
     confusions = json.loads(confusion_file(run_dir).read_text()) if confusion_file(run_dir).is_file() else {}
     links = flow_run_links()

@@ -18,6 +18,7 @@ from test_engine_s3 import s3  # noqa: F401  (the moto S3 fixture)
 from training.trainer.checkpoints import COMPLETE, CheckpointStore
 
 PREVIOUS, TAG = "step_00000001", "step_00000002"
+MANIFEST = "SHA256SUMS.0.json"  # this node's checksums, written before the marker
 
 
 def rank_files(rank: int) -> dict[str, bytes]:
@@ -82,7 +83,7 @@ def test_local_marker_is_written_after_every_rank_wrote(tmp_path):
     assert peers.marker_seen == [False]
     assert store.complete_tags() == [PREVIOUS, TAG]
     names = {p.name for p in (tmp_path / "checkpoints" / TAG).iterdir()}
-    assert names == {COMPLETE, *rank_files(0), *rank_files(1), *rank_files(2)}
+    assert names == {COMPLETE, MANIFEST, *rank_files(0), *rank_files(1), *rank_files(2)}
 
 
 def test_local_peer_failure_before_the_marker_leaves_no_marker(tmp_path):
@@ -98,7 +99,8 @@ def test_local_peer_failure_before_the_marker_leaves_no_marker(tmp_path):
 # -- s3:// ----------------------------------------------------------------------------------
 
 class FlakyFS:
-    """The store's real filesystem, failing the n-th upload or the marker write on request."""
+    """The store's real filesystem, failing from the n-th upload on, or the marker write, on request
+    (an endpoint that stays down: the store's retries do not get past it)."""
 
     def __init__(self, fs: Any, fail_put: int | None = None, fail_marker: bool = False) -> None:
         self._fs, self.fail_put, self.fail_marker, self.puts = fs, fail_put, fail_marker, 0
@@ -108,7 +110,7 @@ class FlakyFS:
 
     def put_file(self, local: str, remote: str, **kw: Any) -> None:
         self.puts += 1
-        if self.puts == self.fail_put:
+        if self.fail_put is not None and self.puts >= self.fail_put:
             raise OSError(f"upload of {remote} failed")
         self._fs.put_file(local, remote, **kw)
 
@@ -119,6 +121,7 @@ class FlakyFS:
 
 
 def remote_store(uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **flaky: Any) -> tuple[CheckpointStore, Any]:
+    monkeypatch.setattr("data_prep.retry.FIRST_DELAY_S", 0.01)
     store = CheckpointStore(uri, str(tmp_path / "staging"))
     publish_previous(store)
     real = store._fs()
@@ -153,7 +156,7 @@ def test_s3_marker_is_written_after_every_node_uploaded(s3, tmp_path, monkeypatc
     peers = remote_peers(store, real, tmp_path)
     store.publish(TAG, 2, 0, 0, peers, keep=2)
     assert peers.marker_seen == [False, False]
-    assert remote_names(real, store.uri) == {COMPLETE, *rank_files(0), *rank_files(1), *rank_files(2)}
+    assert remote_names(real, store.uri) == {COMPLETE, MANIFEST, *rank_files(0), *rank_files(1), *rank_files(2)}
     assert store.latest() == TAG
 
 
@@ -167,4 +170,4 @@ def test_s3_failure_between_upload_and_marker_leaves_no_marker(s3, tmp_path, mon
     assert COMPLETE not in remote_names(real, store.uri)
     assert store.latest() == PREVIOUS
     if failure == "upload":  # the half upload is there, unmarked
-        assert remote_names(real, store.uri) and len(remote_names(real, store.uri)) < len(rank_files(0))
+        assert remote_names(real, store.uri) and len(remote_names(real, store.uri)) < len(rank_files(0)) + 1

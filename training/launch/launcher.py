@@ -14,13 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from training.config import TrainingConfig
-
-# DeepSpeed's CPU accelerator reduces between local ranks through one POSIX shared-memory segment
-# per rank (about 70 MB, named <prefix>_<uid>_<master addr>_<master port>_<rank>) and never
-# unlinks it: left alone, every run would keep that much RAM (/dev/shm is memory) until reboot.
-SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "deepspeed_allreduce_buffer"
-
+# the guard runs these too, and starts fast by importing nothing heavy: they live with it
+from training.launch.watchdog import SHM_DIR, SHM_PREFIX, remove_shm_buffers, shm_buffers  # noqa: F401
 
 class TrainingFailed(RuntimeError):
     """The launched training exited non-zero or ran past its time limit."""
@@ -62,23 +57,6 @@ def write_hostfile(path: str | Path, nodes: int, processes: int) -> str:
     return str(path)
 
 
-def shm_buffers(port: int | str, shm_dir: Path = SHM_DIR) -> list[Path]:
-    """This user's DeepSpeed shared-memory buffers of the run whose master port is `port`."""
-    return sorted(shm_dir.glob(f"{SHM_PREFIX}_{os.getuid()}_*_{port}_*")) if shm_dir.is_dir() else []
-
-
-def remove_shm_buffers(port: int | str, shm_dir: Path = SHM_DIR) -> int:
-    """Unlink what a finished (or killed) run on `port` left in shared memory; returns how many."""
-    removed = 0
-    for path in shm_buffers(port, shm_dir):
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
-
-
 def release_own_shm_buffer(rank: int, shm_dir: Path = SHM_DIR) -> None:
     """Called by each worker once every local rank has mapped every other rank's buffer (after a
     barrier that follows the process group's start): the name is no longer needed, and unlinking
@@ -102,11 +80,25 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             continue
 
 
+def start_watchdog(group: int, shm_port: int | str | None, env: dict[str, str]) -> subprocess.Popen:
+    """The guard that stops `group` and frees its shared memory if this process dies first
+    (training/launch/watchdog.py). Its own session too: a signal to this process's group (a
+    runner stopping the flow) must not take the guard down before it has done its job."""
+    root = str(Path(__file__).resolve().parents[2])  # this very package, wherever the caller runs
+    env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)}
+    return subprocess.Popen([sys.executable, "-m", "training.launch.watchdog", str(os.getpid()), str(group),
+                             str(shm_port or "none")], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def run_launcher(cmd: list[str], env: dict[str, str], timeout_s: float, log: Callable[[str], None],
-                 cwd: str | None = None) -> None:
-    """Run `cmd` in a new session (its own process group); raise `TrainingFailed` unless it exits 0."""
+                 cwd: str | None = None, shm_port: int | str | None = None) -> None:
+    """Run `cmd` in a new session (its own process group); raise `TrainingFailed` unless it exits 0.
+    A watchdog process stops the group (and frees the shared memory of the world on `shm_port`)
+    if this process is killed before its own cleanup can run."""
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, bufsize=1, start_new_session=True)
+    guard = start_watchdog(proc.pid, shm_port, env)
 
     def pump() -> None:
         assert proc.stdout is not None
@@ -125,8 +117,18 @@ def run_launcher(cmd: list[str], env: dict[str, str], timeout_s: float, log: Cal
         # on timeout, an exception or a cancellation of the calling task: no orphan workers
         kill_group(proc)
         reader.join(timeout=5)
+        stop_watchdog(guard)
     if proc.returncode != 0:
         raise TrainingFailed(f"training exited with code {proc.returncode}; see the log above")
+
+
+def stop_watchdog(guard: subprocess.Popen) -> None:
+    """The group is gone: the guard ends by itself within a poll; do not wait longer than that."""
+    try:
+        guard.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait()
 
 
 @contextmanager

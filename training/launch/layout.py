@@ -10,7 +10,8 @@
 
 A single-stage run is its own stage folder (<stage> = <run>); the stages of a staged schedule live
 in <run>/stages/<name>/. Remote checkpoints go to <checkpoint_uri>/<run folder name>[/<stage>]: the
-run folder's name carries the flow run's id, so two flow runs never share (or resume) checkpoints.
+run folder's name carries the flow run's id, so two flow runs never share checkpoints; only
+`mtl run --resume RUN_DIR` goes on in an earlier run's folder.
 """
 from __future__ import annotations
 

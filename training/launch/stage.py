@@ -69,7 +69,7 @@ def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list
             "for the compiler (1-2 min), later runs reuse them")
     log("launching: " + " ".join(cmd))
     try:
-        run_launcher(cmd, env, training.timeout_s, log)
+        run_launcher(cmd, env, training.timeout_s, log, shm_port=port)
     finally:  # the workers release their buffers once started; this covers a run killed before
         if removed := remove_shm_buffers(port):
             log(f"removed {removed} shared-memory buffer(s) a stopped run left behind")

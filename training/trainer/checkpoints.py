@@ -10,6 +10,13 @@ writes the marker. Resuming downloads the newest complete tag into the staging f
 
 Pruning keeps the newest `keep` checkpoints and every pinned one (the best steps of evaluation
 during training, which the export is assembled from).
+
+Before the marker, each node's local rank 0 writes a manifest `SHA256SUMS.<rank>.json` of its
+files' sizes and SHA-256 (the cache's checksums, data_prep/cache.py). A resume verifies the
+newest tag against them and never loads a damaged one: it is logged, its marker removed (a
+redone step rewrites it), and the previous sound tag is taken. Uploads and the marker's write
+ride out an endpoint that is down for a while (data_prep/retry.py); one that stays down fails
+the save before the marker, so the task's retry resumes from the previous tag.
 """
 from __future__ import annotations
 
@@ -19,7 +26,48 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from data_prep.cache import checksum
+from data_prep.retry import with_retries
+
 COMPLETE = "COMPLETE"
+MANIFEST_PREFIX = "SHA256SUMS."
+
+
+def is_manifest(name: str) -> bool:
+    return name.startswith(MANIFEST_PREFIX) and name.endswith(".json")
+
+
+def folder_checksums(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every file under `folder` (relative POSIX path) but the marker and manifests, checksummed."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != COMPLETE and not is_manifest(path.name):
+            with open(path, "rb") as handle:
+                found[path.relative_to(folder).as_posix()] = checksum(handle)
+    return found
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder against its manifests; None when every file is sound."""
+    manifests = sorted(p for p in folder.iterdir() if is_manifest(p.name)) if folder.is_dir() else []
+    if not manifests:
+        return "no checksum manifest"
+    expected: dict[str, Any] = {}
+    for path in manifests:
+        try:
+            expected.update(json.loads(path.read_text())["files"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return f"{path.name} is unreadable ({type(exc).__name__})"
+    for name, want in sorted(expected.items()):
+        file = folder / name
+        if not file.is_file():
+            return f"{name} is missing"
+        with open(file, "rb") as handle:
+            got = checksum(handle)
+        if got != want:
+            return (f"{name}: {got['size']} bytes with SHA-256 {got['sha256'][:12]}..., written as "
+                    f"{want['size']} bytes with {want['sha256'][:12]}...")
+    return None
 
 
 def tag_for(step: int) -> str:
@@ -76,13 +124,17 @@ class CheckpointStore:
                 keep: int) -> None:
         """Called by every rank once its files of `tag` are written locally."""
         barrier()
-        if self.remote and local_rank == 0:
-            self._upload(tag)
+        if local_rank == 0:  # this node's files are all written: checksum them before they count
+            folder = Path(self.local) / tag
+            (folder / f"{MANIFEST_PREFIX}{rank}.json").write_text(json.dumps({"files": folder_checksums(folder)}))
+            if self.remote:
+                self._upload(tag)
         barrier()
         if rank == 0:
             marker = json.dumps({"step": step})
             if self.remote:
-                self._fs().pipe_file(f"{self.uri}/{tag}/{COMPLETE}", marker.encode())
+                target = f"{self.uri}/{tag}/{COMPLETE}"
+                with_retries(lambda: self._fs().pipe_file(target, marker.encode()), f"marker {target}")
             else:
                 (Path(self.local) / tag / COMPLETE).write_text(marker)
             self.prune(keep)
@@ -91,25 +143,48 @@ class CheckpointStore:
             self._prune_local(keep=1, newest=tag)
         barrier()
 
-    def fetch(self, tag: str) -> str:
-        """Make `tag` complete in the local folder (downloading what is missing); returns that folder."""
+    def fetch(self, tag: str, again: bool = False) -> str:
+        """Make `tag` complete in the local folder (downloading what is missing, or everything when
+        `again`); returns that folder."""
         if self.remote:
             fs = self._fs()
             prefix = f"{self.uri}/{tag}/"
             for remote in fs.find(prefix):
                 rel = remote.split(f"/{tag}/", 1)[1]
                 target = Path(self.local) / tag / rel
-                if not target.is_file() or target.stat().st_size != fs.size(remote):
+                if again or not target.is_file() or target.stat().st_size != fs.size(remote):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     fs.get_file(remote, str(target))
         return self.local
+
+    def latest_sound(self, log: Callable[[str], None] = print) -> str | None:
+        """The newest complete tag whose files match their manifests, fetched into the local folder.
+        A damaged one is logged and unmarked, so no later reader takes it either."""
+        for tag in reversed(self.complete_tags()):
+            problem = damage(Path(self.fetch(tag)) / tag)
+            if problem and self.remote:  # perhaps only the local copy is bad: download it anew
+                problem = damage(Path(self.fetch(tag, again=True)) / tag)
+            if problem is None:
+                return tag
+            log(f"checkpoint {tag} in {self.uri} is damaged, not loading it: {problem}")
+            self.unmark(tag)
+        return None
+
+    def unmark(self, tag: str) -> None:
+        """Take a tag out of what readers consider (its files stay, as debris that pruning removes)."""
+        if self.remote:
+            fs = self._fs()
+            if fs.exists(f"{self.uri}/{tag}/{COMPLETE}"):
+                fs.rm_file(f"{self.uri}/{tag}/{COMPLETE}")
+        (Path(self.local) / tag / COMPLETE).unlink(missing_ok=True)
 
     def _upload(self, tag: str) -> None:
         fs = self._fs()
         folder = Path(self.local) / tag
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.name != COMPLETE:
-                fs.put_file(str(path), f"{self.uri}/{tag}/{path.relative_to(folder).as_posix()}")
+                target = f"{self.uri}/{tag}/{path.relative_to(folder).as_posix()}"
+                with_retries(lambda p=str(path), t=target: fs.put_file(p, t), f"upload of {target}")
 
     def prune(self, keep: int) -> None:
         """Drop complete checkpoints beyond the newest `keep`, and older half-written ones."""

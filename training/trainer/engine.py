@@ -240,7 +240,11 @@ class Engine:
         store.publish(tag, step, self.rank, local_rank(), dist.barrier, keep)
 
     def load_latest(self, store: CheckpointStore) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        tag = store.latest()
+        # each node's local rank 0 fetches and verifies; every rank loads the tag global rank 0 chose
+        chosen = [store.latest_sound() if local_rank() == 0 else None]
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.broadcast_object_list(chosen, src=0)
+        tag = chosen[0]
         if tag is None:
             return None
         if local_rank() == 0:
