@@ -63,3 +63,22 @@ def test_shared_memory_buffers_of_one_run_are_removed_and_others_kept(tmp_path, 
     release_own_shm_buffer(0, tmp_path)
     release_own_shm_buffer(0, tmp_path)  # already gone: no error
     assert not other_run.exists() and other_user.exists()
+
+
+def test_a_build_lock_nobody_holds_is_removed_and_a_held_one_kept(tmp_path):
+    """A rank killed while torch built or loaded a DeepSpeed op leaves `<op>/lock`, and every later
+    run waits on it forever (seen: six minutes of every run on the machine, until removed by hand)."""
+    from training.launch.launcher import remove_stale_build_locks
+
+    stale, held = tmp_path / "deepspeed_shm_comm" / "lock", tmp_path / "cpu_adam" / "lock"
+    for lock in (stale, held):
+        lock.parent.mkdir()
+    stale.touch()
+    fd = os.open(held, os.O_CREAT | os.O_EXCL)  # as torch's FileBaton holds it while it builds
+    try:
+        assert remove_stale_build_locks(tmp_path) == [stale]
+        assert not stale.exists() and held.exists()
+    finally:
+        os.close(fd)
+    assert remove_stale_build_locks(tmp_path) == [held]
+    assert remove_stale_build_locks(tmp_path / "missing") == []

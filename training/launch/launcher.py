@@ -80,6 +80,36 @@ def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
             continue
 
 
+def held_open(path: Path) -> bool:
+    """Whether any process of this machine has `path` open (Linux: its /proc/<pid>/fd links)."""
+    target = str(path.resolve())
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            links = list(fd_dir.iterdir())
+        except (PermissionError, FileNotFoundError):
+            continue
+        for link in links:
+            try:
+                if os.readlink(link) == target:
+                    return True
+            except OSError:
+                continue
+    return False
+
+
+def remove_stale_build_locks(ops_dir: Path) -> list[Path]:
+    """torch builds an op under `<op>/lock`, a file created exclusively and held open until the
+    build ends; a process killed while loading an op (a rank killed at start-up) leaves it behind,
+    and every later load of that op waits for it forever. A lock no process holds open is stale:
+    removed, and the removed paths returned so the caller can say so."""
+    if not ops_dir.is_dir() or not Path("/proc/self/fd").is_dir():
+        return []
+    stale = [lock for lock in ops_dir.glob("*/lock") if not held_open(lock)]
+    for lock in stale:
+        lock.unlink(missing_ok=True)
+    return stale
+
+
 def start_watchdog(group: int, shm_port: int | str | None, env: dict[str, str]) -> subprocess.Popen:
     """The guard that stops `group` and frees its shared memory if this process dies first
     (training/launch/watchdog.py). Its own session too: a signal to this process's group (a

@@ -12,7 +12,8 @@ import torch
 
 from data_prep.stage import atomic_write_text
 from training.config import DeepSpeedConfig, EncoderConfig
-from training.launch.launcher import free_port, launch_command, remove_shm_buffers, run_launcher, write_hostfile
+from training.launch.launcher import (free_port, launch_command, remove_shm_buffers, remove_stale_build_locks,
+                                     run_launcher, write_hostfile)
 from training.launch.layout import RunLayout
 from training.launch.schedule import Stage
 from training.launch.spec import WorkerSpec
@@ -64,6 +65,9 @@ def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list
     cmd = launch_command(training, str(spec_path), port, hostfile)
     env = launcher_env()
     ops = Path(env["TORCH_EXTENSIONS_DIR"])
+    for lock in remove_stale_build_locks(ops):
+        log(f"removed a stale build lock {lock} (no process holds it: a run killed while building or "
+            "loading a DeepSpeed op left it, and every later run would wait for it)")
     if not any(ops.rglob("*.so")):
         log(f"DeepSpeed builds its ops into {ops} on first use: the first run of this installation waits "
             "for the compiler (1-2 min), later runs reuse them")
