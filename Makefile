@@ -40,7 +40,7 @@ servers: $(STAMP)
 	$(BIN)/python tests/servers.py
 
 # PNGs of the Prefect run form, a finished flow run and the MLflow run (tools/screenshots.py; needs
-# chromium: apt-get install chromium). About 3 minutes; not part of `make test`.
+# chromium: apt-get install chromium). About 5 minutes; not part of `make test`.
 screenshots: $(STAMP)
 	$(BIN)/python tools/screenshots.py
 

@@ -73,14 +73,28 @@ def _key(loc: tuple[Any, ...]) -> str:
     return out
 
 
+# a field whose value must never be repeated back (an error message reaches logs and Prefect states)
+# (one key part: `token_column` is no secret, `session_token` is)
+SECRET_FIELD = re.compile(r"^(.*(secret|password|credential).*|.*_token|token|access_key(_id)?)$", re.I)
+URI_USERINFO = re.compile(r"//[^/@\s]+@")
+
+
+def _shown(err: dict[str, Any]) -> str:
+    """` (got <value>)` for an error, unless the value is a section, missing, or may be a secret
+    (a credential-like field name anywhere in its key, a misspelt one included; userinfo in a URI)."""
+    value = err.get("input")
+    if err["type"] == "missing" or isinstance(value, dict):
+        return ""
+    if any(SECRET_FIELD.match(str(part)) for part in err["loc"]):
+        return " (value not shown: it may be a secret)"
+    return f" (got {URI_USERINFO.sub('//***@', repr(value))})"
+
+
 def parse_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            got = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
-            problems.append(f"{_key(err['loc'])}: {err['msg']}{got}")
+        problems = [f"{_key(err['loc'])}: {err['msg']}{_shown(err)}" for err in exc.errors()]
         raise ConfigError(source, problems) from None
 
 
@@ -117,6 +131,12 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: s
     out, problems = copy.deepcopy(raw), []
     # a section replaced whole (`tasks`) first, then the fields inside it (`tasks.*.max_dev_examples`)
     for key, value in sorted(overrides.items(), key=lambda item: item[0].count(".") + item[0].count("[")):
+        if any(SECRET_FIELD.match(part) for part in re.split(r"[.\[\]]", key)) or URI_USERINFO.search(str(value)):
+            # a deployment's parameters are stored and shown as given: credentials never go there
+            problems.append(f"{key}: credentials are not taken as a run parameter (Prefect stores and shows "
+                            "parameters as given); give them to the worker's environment: AWS_ACCESS_KEY_ID / "
+                            "AWS_SECRET_ACCESS_KEY, MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+            continue
         if not _KEY.match(key):
             problems.append(f"{key}: not a config key; write sections and fields with dots, e.g. training.steps, "
                             "tasks.pos.max_train_examples or tasks[0].dev")

@@ -17,9 +17,9 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.config import PipelineConfig, load_config, run_overrides  # noqa: E402
-from flows.tasks import (champion_label_maps, close_mlflow_run, data_params, evaluate,  # noqa: E402
-                         fail_mlflow_run, ingest, open_mlflow_run, prepare_run, promote, register, task_affinity,
-                         tokenize, train)
+from flows.tasks import (champion_label_maps, close_mlflow_run, data_params, end_failed_mlflow_run,  # noqa: E402
+                         evaluate, fail_mlflow_run, ingest, open_mlflow_run, prepare_run, promote, register,
+                         task_affinity, tokenize, train)
 from training.config import SamplerName, SharingName, WeightingName  # noqa: E402
 from training.release.registry import redact_uri  # noqa: E402
 from training.task_spec import spec_for  # noqa: E402
@@ -59,7 +59,7 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
     run_dir = prepare_run(config, resume_run_dir)
     mlflow_run = open_mlflow_run(config.registry, config.storage.root, run_dir, mlflow_params(config))
     if previous_labels is None:
-        previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root)
+        previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root, run_dir)
     ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
     tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
     specs = [spec_for(t, ingested[t.name]["labels"]) for t in config.tasks]
@@ -81,13 +81,33 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
                      for n, r in tokenized.items()}}
 
 
+def file_config(config_path: str = "configs/demo.yaml", steps: int | None = None,
+                learning_rate: float | None = None, processes: int | None = None, sharing: str | None = None,
+                weighting: str | None = None, sampler: str | None = None, max_train_examples: int | None = None,
+                max_dev_examples: int | None = None, overrides: dict[str, Any] | None = None,
+                **_: Any) -> PipelineConfig:
+    """The config `retrain_from_file` runs: the file with the fields given set on top."""
+    fields = {"training.steps": steps, "training.learning_rate": learning_rate, "training.processes": processes,
+              "training.sharing": sharing, "training.weighting": weighting, "training.sampler": sampler,
+              "tasks.*.max_train_examples": max_train_examples, "tasks.*.max_dev_examples": max_dev_examples}
+    return load_config(config_path, run_overrides(fields, overrides))
+
+
+def fail_file_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
+    """A deployment's run cancelled or crashed ends with its own hooks, not its subflow's: the
+    MLflow run that `retrain` opened under it ends KILLED or FAILED too."""
+    end_failed_mlflow_run(lambda: file_config(**flow_run_.parameters), flow_run_, state)
+
+
 @flow(name="retrain-from-file", description="Load a pipeline YAML, set the fields given here on top, and run "
-                                            "retrain (the nightly and on-demand deployments).")
+                                            "retrain (the nightly and on-demand deployments).",
+      on_failure=[fail_file_mlflow_run], on_crashed=[fail_file_mlflow_run], on_cancellation=[fail_file_mlflow_run])
 def retrain_from_file(config_path: str = "configs/demo.yaml", steps: int | None = None,
                       learning_rate: float | None = None, processes: int | None = None,
                       sharing: SharingName | None = None, weighting: WeightingName | None = None,
                       sampler: SamplerName | None = None, max_train_examples: int | None = None,
-                      max_dev_examples: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                      max_dev_examples: int | None = None, overrides: dict[str, Any] | None = None,
+                      resume_run_dir: str | None = None) -> dict[str, Any]:
     """Each field left empty keeps the file's value; the config is checked as a whole before any work.
 
     Args:
@@ -103,11 +123,12 @@ def retrain_from_file(config_path: str = "configs/demo.yaml", steps: int | None 
         overrides: any other field by its dotted key, e.g. {"training.eval_every": 50, "storage.root": "/data/mtl",
             "tasks.pos.max_train_examples": 2000, "tasks[0].dev": "ud/dev.conllu"}; a wrong key or value fails
             the run before any work, naming the key
+        resume_run_dir: the folder of an earlier run of these same settings whose flow run died
+            (.mtl/runs/NAME-ID): training goes on from its newest sound checkpoint
     """
-    fields = {"training.steps": steps, "training.learning_rate": learning_rate, "training.processes": processes,
-              "training.sharing": sharing, "training.weighting": weighting, "training.sampler": sampler,
-              "tasks.*.max_train_examples": max_train_examples, "tasks.*.max_dev_examples": max_dev_examples}
-    return retrain(load_config(config_path, run_overrides(fields, overrides)))
+    config = file_config(config_path, steps, learning_rate, processes, sharing, weighting, sampler,
+                         max_train_examples, max_dev_examples, overrides)
+    return retrain(config, resume_run_dir=resume_run_dir)
 
 
 if __name__ == "__main__":

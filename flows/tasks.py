@@ -51,7 +51,7 @@ def prepare_run(config: PipelineConfig, resume_run_dir: str | None = None) -> st
     `resume_run_dir`: an earlier run's folder (its flow process died) to go on in: its checkpoints
     are resumed from; refused unless it was made by this same config."""
     check_config(config)
-    resolved = config.model_dump(mode="json")
+    resolved = redacted(config.model_dump(mode="json"))  # S3 secrets are masked by their type already
     resolved["data_dir"] = config.resolved_data_dir()
     if resume_run_dir is not None:
         run_dir = Path(resume_run_dir).resolve()
@@ -62,6 +62,16 @@ def prepare_run(config: PipelineConfig, resume_run_dir: str | None = None) -> st
     atomic_write_text(RunLayout(run_dir).config_file, json.dumps(resolved, indent=2))
     get_run_logger().info("run folder: %s", run_dir)
     return str(run_dir)
+
+
+def redacted(value: Any) -> Any:
+    """A copy with a password in any URI (e.g. `registry.tracking_uri`) replaced: the resolved
+    config is written to the run folder and logged to MLflow as an artifact."""
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return redact_uri(value) if isinstance(value, str) and "://" in value else value
 
 
 def run_key(config_name: str, flow_run_id: str | None) -> str:
@@ -79,7 +89,9 @@ def quiet_urls(uri: str) -> str:
 
 def flow_run_links() -> dict[str, str]:
     found = {"mtl.prefect_flow_run_id": flow_run.get_id() or "", "mtl.prefect_flow_run_url": flow_run.ui_url or "",
-             "mtl.prefect_flow_run_name": flow_run.get_name() or ""}
+             "mtl.prefect_flow_run_name": flow_run.get_name() or "",
+             # the deployment's flow run when `retrain` runs as its subflow: its hooks end the run too
+             "mtl.prefect_root_flow_run_id": str(flow_run.root_flow_run_id or "")}
     return {k: v for k, v in found.items() if v}
 
 
@@ -108,21 +120,26 @@ def close_mlflow_run(mlflow_run: dict[str, Any]) -> None:
 
 
 def fail_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
-    """Flow hook (failed, crashed, cancelled): the flow run's MLflow run ends FAILED (KILLED when
-    cancelled) with the reason in tag `mtl.failure`.
+    """Flow hook (failed, crashed, cancelled) of `retrain`: see `end_failed_mlflow_run`."""
+    config = flow_run_.parameters.get("config")
+    end_failed_mlflow_run(lambda: config, flow_run_, state)
+
+
+def end_failed_mlflow_run(config_of: Callable[[], Any], flow_run_: Any, state: Any) -> None:
+    """The MLflow run that this flow run (or a subflow of it: a deployment's `retrain_from_file`
+    runs `retrain` as one) opened and left RUNNING ends FAILED (KILLED when cancelled), with the
+    reason in tag `mtl.failure`. Found by the flow-run tags set at open, so a run that failed
+    before opening one (a refused `--resume`) touches no other run, finished ones included.
     Never raises: a hook's error would hide the flow's own."""
     try:
-        config = flow_run_.parameters.get("config")
+        config = config_of()
         config = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
         registry = RegistryConfig.model_validate(config.get("registry") or {})
         uri = tracking_uri(registry, (config.get("storage") or {}).get("root") or ".mtl")
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             return  # failed before a run was opened: nothing to close (and no store to create)
         reason = f"{state.type.value}: {state.message or ''}"
-        resumed = flow_run_.parameters.get("resume_run_dir")
-        key = Path(resumed).name if resumed else run_key(config["name"], str(flow_run_.id))
-        fail_run(registry, uri, key, reason,
-                 "KILLED" if state.is_cancelled() else "FAILED")
+        fail_run(registry, uri, str(flow_run_.id), reason, "KILLED" if state.is_cancelled() else "FAILED")
     except Exception as exc:  # noqa: BLE001 - reported, never raised
         import logging
 
@@ -167,11 +184,20 @@ def check_resumable(run_dir: Path, resolved: dict[str, Any]) -> None:
 
 
 @task(name="champion-labels", **TASK_DEFAULTS)
-def champion_label_maps(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str) -> dict[str, list[str]]:
-    """The champion's label lists: a retrain keeps their ids stable and appends new labels."""
-    found = champion_labels(tracking_uri(registry, state_dir), registry.model_name, promotion.alias)
+def champion_label_maps(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str,
+                        run_dir: str | None = None) -> dict[str, list[str]]:
+    """The champion's label lists: a retrain keeps their ids stable and appends new labels. Kept in
+    the run folder: a resumed run goes on with the lists its checkpoints were trained with, even if
+    another champion with other labels was promoted since."""
+    kept = Path(run_dir) / "champion_labels.json" if run_dir else None
+    if kept is not None and kept.is_file():
+        get_run_logger().info("label maps of this run's start (%s)", kept)
+        return json.loads(kept.read_text())
+    found = champion_labels(tracking_uri(registry, state_dir), registry.model_name, promotion.alias) or {}
     get_run_logger().info("label maps from %s", f"{registry.model_name}@{promotion.alias}" if found else "scratch")
-    return found or {}
+    if kept is not None:
+        atomic_write_text(kept, json.dumps(found))
+    return found
 
 
 @task(name="ingest", **TASK_DEFAULTS)

@@ -93,3 +93,37 @@ def test_mtdnn_schedule_is_checked_before_anything_runs(data_dir):
     raw["training"]["schedule"] = "curriculum"
     with pytest.raises(ConfigError, match=r"training.schedule: Input should be 'single' or 'mtdnn' \(got 'curriculum'\)"):
         check_config(parse_config(raw))
+
+
+def test_a_value_that_may_be_a_secret_is_never_repeated_in_an_error():
+    """A config error reaches stderr, logs and the Prefect state: a misspelt credential field
+    (here `secret_key`) is named, its value is not; a URI's password is masked."""
+    raw = {"tasks": [{"name": "a", "type": "token_classification", "format": "conllu", "train": "x", "dev": "y"}],
+           "storage": {"s3": {"secret_key": "hunter2"}}, "registry": {"tracking_uri": 5,
+                                                                      "experiment": ["http://bob:hunter3@h"]}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    text = str(err.value)
+    assert "storage.s3.secret_key: Extra inputs are not permitted (value not shown" in text
+    assert "registry.experiment" in text and "hunter" not in text
+
+
+def test_overrides_refuse_credentials_and_keep_token_columns():
+    from flows.config import apply_overrides
+
+    raw = {"tasks": [{"name": "pos", "token_column": 1}], "storage": {}, "registry": {}}
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(raw, {"storage.s3.secret_access_key": "k", "registry.tracking_uri": "http://u:pw@host",
+                              "storage.s3.session_token": "t"})
+    assert len(err.value.problems) == 3 and all("worker's environment" in p for p in err.value.problems)
+    assert "pw" not in str(err.value)
+    assert apply_overrides(raw, {"tasks.pos.token_column": 0})["tasks"][0]["token_column"] == 0
+
+
+def test_the_resolved_config_written_beside_a_run_has_no_uri_password():
+    from flows.tasks import redacted
+
+    resolved = redacted({"registry": {"tracking_uri": "http://bob:hunter2@mlflow:5000"},
+                         "tasks": [{"train": "s3://bucket/train.conllu"}]})
+    assert resolved == {"registry": {"tracking_uri": "http://***@mlflow:5000"},
+                        "tasks": [{"train": "s3://bucket/train.conllu"}]}

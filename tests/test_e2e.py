@@ -94,7 +94,8 @@ def test_the_mlflow_run_spans_the_flow_run_with_config_figures_signature_and_pro
     assert sorted(confusion) == ["ner", "pos", "sst2"]
     assert sum(map(sum, confusion["sst2"]["counts"])) == 40  # every dev sentence once
     model = mlflow.pyfunc.load_model(version.source)
-    assert model.metadata.get_input_schema().input_names() == ["text"]
+    schema = model.metadata.get_input_schema()
+    assert schema.input_names() == ["text", "tokens", "id"] and not any(c.required for c in schema.inputs)
     assert model.metadata.get_output_schema().input_names() == ["pos", "ner", "sst2"]
     assert model.metadata.saved_input_example_info is not None
     # the logged model lives with the run's experiment, in the state folder (not ./mlruns)

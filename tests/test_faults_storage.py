@@ -5,6 +5,7 @@ when it comes back, and when it does not, the write fails before its marker: no 
 is ever marked COMPLETE and no half cache entry is ever read."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -131,6 +132,19 @@ def test_checkpoint_with_a_missing_file_or_manifest_is_not_loaded(tmp_path):
     logged: list[str] = []
     assert store.latest_sound(logged.append) is None  # neither is sound: start from scratch
     assert [("missing" in logged[0]), ("no checksum manifest" in logged[1])] == [True, True]
+
+
+def test_a_checkpoint_from_before_manifests_is_still_resumed_from(tmp_path):
+    """An upgrade keeps a run's checkpoints: one whose marker predates checksums (no `checksummed`)
+    is loaded, with a line saying it is unchecked, not unmarked as damaged."""
+    store = CheckpointStore(str(tmp_path / "ckpt"))
+    publish(store, TAG)
+    folder = tmp_path / "ckpt" / TAG
+    (folder / "SHA256SUMS.0.json").unlink()
+    (folder / "COMPLETE").write_text(json.dumps({"step": 12}))  # the marker as it was written before
+    logged: list[str] = []
+    assert store.latest_sound(logged.append) == TAG and store.complete_tags() == [TAG]
+    assert len(logged) == 1 and "before checksum manifests" in logged[0]
 
 
 def test_checkpoint_damaged_in_the_bucket_is_detected_after_a_fresh_download(endpoint, tmp_path):

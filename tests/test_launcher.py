@@ -76,9 +76,12 @@ def test_a_build_lock_nobody_holds_is_removed_and_a_held_one_kept(tmp_path):
     stale.touch()
     fd = os.open(held, os.O_CREAT | os.O_EXCL)  # as torch's FileBaton holds it while it builds
     try:
-        assert remove_stale_build_locks(tmp_path) == [stale]
+        assert remove_stale_build_locks(tmp_path, private=True) == [stale]
         assert not stale.exists() and held.exists()
     finally:
         os.close(fd)
+    # a folder other machines may share: only a lock far older than any build
+    assert remove_stale_build_locks(tmp_path) == []  # tmp_path is not under the environment
+    os.utime(held, (time.time() - 3600, time.time() - 3600))
     assert remove_stale_build_locks(tmp_path) == [held]
     assert remove_stale_build_locks(tmp_path / "missing") == []

@@ -21,7 +21,7 @@ def test_open_run_is_idempotent_by_run_key_and_a_rerun_reopens_it(tmp_path):
     client = MlflowClient(uri)
     # a lost "create run" answer retried by the client: a second run with the same key
     client.create_run(first.experiment_id, run_name="cfg-123", tags={RUN_KEY: "cfg-123"})
-    fail_run(cfg, uri, "cfg-123", "FAILED: boom at http://bob:pw@mlflow:5000")
+    assert fail_run(cfg, uri, "123", "FAILED: boom at http://bob:pw@mlflow:5000") == first.run_id
     again = open_run(cfg, uri, root, "cfg-123", "cfg-123", {}, {"training.steps": 12})
     runs = client.search_runs([first.experiment_id], f"tags.`{RUN_KEY}` = 'cfg-123'")
     assert (again.run_id, [r.info.run_id for r in runs]) == (first.run_id, [first.run_id])
@@ -32,6 +32,15 @@ def test_open_run_is_idempotent_by_run_key_and_a_rerun_reopens_it(tmp_path):
     close_run(uri, first.run_id, "FINISHED")
     assert client.get_run(first.run_id).info.status == "FINISHED"
     assert fail_run(cfg, uri, "never-opened", "x") is None
+    # a finished run is never ended again: a later flow run that failed before opening one of its
+    # own (a refused --resume aimed at this run's folder) leaves it FINISHED
+    assert fail_run(cfg, uri, "123", "FAILED: resume refused") is None
+    assert client.get_run(first.run_id).info.status == "FINISHED"
+    # a deployment's flow run ends the run its `retrain` subflow opened
+    sub = open_run(cfg, uri, root, "cfg-456", "cfg-456", {"mtl.prefect_flow_run_id": "456",
+                                                          "mtl.prefect_root_flow_run_id": "parent-9"})
+    assert fail_run(cfg, uri, "parent-9", "CANCELLED: by user", "KILLED") == sub.run_id
+    assert client.get_run(sub.run_id).info.status == "KILLED"
 
 
 def test_a_failed_flow_run_ends_its_mlflow_run_failed_and_registers_nothing(tiny_encoder, tmp_path, prefect_engine):

@@ -59,7 +59,7 @@ def test_on_demand_form_is_short_typed_and_described():
     schema = parameter_schema(retrain_from_file.fn).model_dump_for_openapi()
     props = schema["properties"]
     assert list(props) == ["config_path", "steps", "learning_rate", "processes", "sharing", "weighting", "sampler",
-                           "max_train_examples", "max_dev_examples", "overrides"]
+                           "max_train_examples", "max_dev_examples", "overrides", "resume_run_dir"]
     assert "required" not in schema  # every field has a default: the form starts filled
     for name in ("sharing", "weighting", "sampler"):
         assert props[name]["anyOf"][0]["enum"], name

@@ -97,14 +97,23 @@ def held_open(path: Path) -> bool:
     return False
 
 
-def remove_stale_build_locks(ops_dir: Path) -> list[Path]:
+STALE_LOCK_S = 600.0  # a build takes 1-4 minutes on 2 cores; far longer is no build at all
+
+
+def remove_stale_build_locks(ops_dir: Path, private: bool | None = None) -> list[Path]:
     """torch builds an op under `<op>/lock`, a file created exclusively and held open until the
     build ends; a process killed while loading an op (a rank killed at start-up) leaves it behind,
-    and every later load of that op waits for it forever. A lock no process holds open is stale:
-    removed, and the removed paths returned so the caller can say so."""
+    and every later load of that op waits for it forever. A lock no process of this machine holds
+    open is stale when the folder is this environment's own (under `sys.prefix`, as `make` and the
+    launcher set it), or else, since a folder shared between machines may be locked from another,
+    once it is older than `STALE_LOCK_S`. Removed, and the removed paths returned."""
     if not ops_dir.is_dir() or not Path("/proc/self/fd").is_dir():
         return []
-    stale = [lock for lock in ops_dir.glob("*/lock") if not held_open(lock)]
+    if private is None:
+        private = ops_dir.resolve().is_relative_to(Path(sys.prefix).resolve())
+    now = time.time()
+    stale = [lock for lock in ops_dir.glob("*/lock")
+             if (private or now - lock.stat().st_mtime > STALE_LOCK_S) and not held_open(lock)]
     for lock in stale:
         lock.unlink(missing_ok=True)
     return stale

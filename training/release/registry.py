@@ -195,15 +195,24 @@ def close_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | Non
     client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
-def fail_run(cfg: RegistryConfig, uri: str, run_key: str, reason: str, status: str = "FAILED") -> str | None:
-    """End the run of `run_key` FAILED (or KILLED: a cancelled flow) with the reason; None if none
-    was opened."""
+FLOW_RUN_TAGS = ("mtl.prefect_flow_run_id", "mtl.prefect_root_flow_run_id")
+
+
+def fail_run(cfg: RegistryConfig, uri: str, flow_run_id: str, reason: str, status: str = "FAILED") -> str | None:
+    """End FAILED (or KILLED: a cancelled flow) the RUNNING run that the flow run `flow_run_id`
+    opened, or one of its subflows did, with the reason; None if there is none. A finished run is
+    never touched, even one whose key a failed flow run had aimed at (a refused resume)."""
     client = client_for(uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
-    run_id = find_run(client, experiment.experiment_id, run_key) if experiment else None
-    if run_id:
-        close_run(uri, run_id, status, reason)
-    return run_id
+    if experiment is None or not flow_run_id:
+        return None
+    for tag in FLOW_RUN_TAGS:
+        found = client.search_runs([experiment.experiment_id], max_results=1,
+                                   filter_string=f"tags.`{tag}` = '{flow_run_id}' and attributes.status = 'RUNNING'")
+        if found:
+            close_run(uri, found[0].info.run_id, status, reason)
+            return found[0].info.run_id
+    return None
 
 
 def log_batches(client: MlflowClient, run_id: str, metrics: list[Metric] | None = None,

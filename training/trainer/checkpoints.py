@@ -51,7 +51,7 @@ def damage(folder: Path) -> str | None:
     """What is wrong with a checkpoint folder against its manifests; None when every file is sound."""
     manifests = sorted(p for p in folder.iterdir() if is_manifest(p.name)) if folder.is_dir() else []
     if not manifests:
-        return "no checksum manifest"
+        return None if written_before_checksums(folder) else "no checksum manifest"
     expected: dict[str, Any] = {}
     for path in manifests:
         try:
@@ -68,6 +68,17 @@ def damage(folder: Path) -> str | None:
             return (f"{name}: {got['size']} bytes with SHA-256 {got['sha256'][:12]}..., written as "
                     f"{want['size']} bytes with {want['sha256'][:12]}...")
     return None
+
+
+def written_before_checksums(folder: Path) -> bool:
+    """A checkpoint from before checksum manifests (its marker does not say `checksummed`): taken as
+    it is, as it always was, rather than thrown away on the upgrade; a newer one without its
+    manifest is damaged."""
+    try:
+        marker = json.loads((folder / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and not marker.get("checksummed")
 
 
 def tag_for(step: int) -> str:
@@ -131,7 +142,7 @@ class CheckpointStore:
                 self._upload(tag)
         barrier()
         if rank == 0:
-            marker = json.dumps({"step": step})
+            marker = json.dumps({"step": step, "checksummed": True})
             if self.remote:
                 target = f"{self.uri}/{tag}/{COMPLETE}"
                 with_retries(lambda: self._fs().pipe_file(target, marker.encode()), f"marker {target}")
@@ -165,6 +176,8 @@ class CheckpointStore:
             if problem and self.remote:  # perhaps only the local copy is bad: download it anew
                 problem = damage(Path(self.fetch(tag, again=True)) / tag)
             if problem is None:
+                if written_before_checksums(Path(self.local) / tag):
+                    log(f"checkpoint {tag} in {self.uri} was written before checksum manifests: loaded unchecked")
                 return tag
             log(f"checkpoint {tag} in {self.uri} is damaged, not loading it: {problem}")
             self.unmark(tag)
