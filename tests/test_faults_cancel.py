@@ -63,6 +63,10 @@ def test_cancelled_flow_run_stops_its_training_group(tiny_encoder, data_dir, tmp
             took = wait_gone(pgid, port, asked, limit_s=120)
             state = wait_for(lambda: (s := client.read_flow_run(flow_run.id).state) and s.is_final() and s,
                              "a final state", limit_s=120, every_s=0.5)
+            # the deployment's flow (retrain_from_file) ends the MLflow run its retrain subflow opened,
+            # from the runner's cancellation hooks: wait for them before the runner goes
+            mlflow_run = wait_for(lambda: ended_runs(tmp_path / "state" / "mlflow.db"), "the MLflow run ended",
+                                  limit_s=60, every_s=0.5)[0]
     finally:
         os.killpg(runner.pid, signal.SIGTERM)
         try:
@@ -75,3 +79,15 @@ def test_cancelled_flow_run_stops_its_training_group(tiny_encoder, data_dir, tmp
     assert took < GONE_WITHIN_S, f"the training group outlived the cancellation by {took:.2f} s"
     assert state.type == StateType.CANCELLED
     assert not (spec.parent / "model").exists()  # nothing exported, so nothing registered
+    assert mlflow_run.info.status == "KILLED" and "CANCELLED" in mlflow_run.data.tags["mtl.failure"]
+
+
+def ended_runs(store: Path) -> list:
+    from mlflow import MlflowClient
+
+    if not store.is_file():
+        return []
+    client = MlflowClient(f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id]) if experiment else []
+    return [r for r in runs if r.info.status != "RUNNING"]

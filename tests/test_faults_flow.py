@@ -121,6 +121,12 @@ def test_resume_refuses_a_folder_of_another_config(killed, resumed, tmp_path, ca
     path.write_text(yaml.safe_dump(other))
     assert main(["run", str(path), "--resume", str(killed["run"])]) == 2
     assert "training: differs from the config" in capsys.readouterr().err
+    # the refused flow run opened no MLflow run, and the finished one it aimed at stays as it was
+    from mlflow import MlflowClient
+
+    summary = resumed["summary"]
+    run = MlflowClient(summary["tracking_uri"]).get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and "mtl.failure" not in run.data.tags
 
 
 @pytest.mark.slow
