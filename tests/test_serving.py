@@ -113,8 +113,11 @@ def server(store, tmp_path_factory):
     command = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", f"models:/{MODEL}@champion",
                "--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"]
     with open(log, "wb") as sink:
+        # the server execs `uvicorn` by name: the environment's bin folder must be on PATH (as for
+        # a user with the environment active; `make test` does not put it there)
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri})
+                                env={**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri, "PATH": path})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
