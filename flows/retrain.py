@@ -93,10 +93,10 @@ def file_config(config_path: str = "configs/demo.yaml", steps: int | None = None
     return load_config(config_path, run_overrides(fields, overrides))
 
 
-def fail_file_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
+def fail_file_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
     """A deployment's run cancelled or crashed ends with its own hooks, not its subflow's: the
     MLflow run that `retrain` opened under it ends KILLED or FAILED too."""
-    end_failed_mlflow_run(lambda: file_config(**flow_run_.parameters), flow_run_, state)
+    end_failed_mlflow_run(lambda: file_config(**flow_run.parameters), flow_run, state)
 
 
 @flow(name="retrain-from-file", description="Load a pipeline YAML, set the fields given here on top, and run "

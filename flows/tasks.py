@@ -119,10 +119,11 @@ def close_mlflow_run(mlflow_run: dict[str, Any]) -> None:
     close_run(mlflow_run["tracking_uri"], mlflow_run["run_id"], "FINISHED")
 
 
-def fail_mlflow_run(flow: Any, flow_run_: Any, state: Any) -> None:
-    """Flow hook (failed, crashed, cancelled) of `retrain`: see `end_failed_mlflow_run`."""
-    config = flow_run_.parameters.get("config")
-    end_failed_mlflow_run(lambda: config, flow_run_, state)
+def fail_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """Flow hook (failed, crashed, cancelled) of `retrain`: see `end_failed_mlflow_run`. The
+    parameters keep Prefect's names: a runner passes them by keyword."""
+    config = flow_run.parameters.get("config")
+    end_failed_mlflow_run(lambda: config, flow_run, state)
 
 
 def end_failed_mlflow_run(config_of: Callable[[], Any], flow_run_: Any, state: Any) -> None:
@@ -139,7 +140,8 @@ def end_failed_mlflow_run(config_of: Callable[[], Any], flow_run_: Any, state: A
         if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
             return  # failed before a run was opened: nothing to close (and no store to create)
         reason = f"{state.type.value}: {state.message or ''}"
-        fail_run(registry, uri, str(flow_run_.id), reason, "KILLED" if state.is_cancelled() else "FAILED")
+        cancelled = state.is_cancelled() or state.is_cancelling()
+        fail_run(registry, uri, str(flow_run_.id), reason, "KILLED" if cancelled else "FAILED")
     except Exception as exc:  # noqa: BLE001 - reported, never raised
         import logging
 

@@ -154,3 +154,14 @@ def production_stack():
     finally:
         if not os.environ.get("MTL_KEEP_SERVER_LOGS"):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_uri_leaked() -> Iterator[None]:
+    """A test (or the code it runs) that leaves MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI set in this
+    process sends every later in-process registration of the session to its store."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {name: os.environ.get(name) for name in names}
+    yield
+    after = {name: os.environ.get(name) for name in names}
+    assert after == before, f"MLflow's URI variables changed by this test: {before} -> {after}"

@@ -146,9 +146,13 @@ def test_second_run_is_version_two_and_gated(runs):
 
 
 def test_registered_pyfunc_predicts_every_task(runs):
+    from training.release.registry import pinned_uris
+
     first, _ = runs
-    mlflow.set_tracking_uri(first["tracking_uri"])
-    model = mlflow.pyfunc.load_model("models:/tiny-mtl/1")
+    # not mlflow.set_tracking_uri: it writes MLFLOW_TRACKING_URI into this process's environment, and
+    # every later in-process run of the session would register in this store
+    with pinned_uris(first["tracking_uri"]):
+        model = mlflow.pyfunc.load_model("models:/tiny-mtl/1")
     texts = ["EU rejects German call to boycott British lamb .", "a gorgeous , witty , seductive movie ."]
     out = model.predict(pd.DataFrame({"text": texts}))
     assert list(out.columns) == ["pos", "ner", "sst2"]
