@@ -56,9 +56,10 @@ PUBLISH = "tests/test_checkpoint_publish.py"
 RESUME = "tests/test_worker_resume.py::test_worker_resumed_in_process_goes_on_as_the_uninterrupted_run"
 METRICS = "tests/test_metrics.py"
 ALIGN = ("tests/test_tokenize.py", "tests/test_label_alignment.py")
-MARKER_WRITE = '''            marker = json.dumps({"step": step})
+MARKER_WRITE = '''            marker = json.dumps({"step": step, "checksummed": True})
             if self.remote:
-                self._fs().pipe_file(f"{self.uri}/{tag}/{COMPLETE}", marker.encode())
+                target = f"{self.uri}/{tag}/{COMPLETE}"
+                with_retries(lambda: self._fs().pipe_file(target, marker.encode()), f"marker {target}")
             else:
                 (Path(self.local) / tag / COMPLETE).write_text(marker)
 '''
@@ -80,11 +81,10 @@ MUTANTS: list[Mutant] = [
            "pooled = masked_mean(shared, attention_mask)",
            TECH + "adversarial_discriminator_gradient_reaches_the_encoder_reversed"),
     mutant("planted-marker-before-upload", "training/trainer/checkpoints.py",
-           "        barrier()\n        if self.remote and local_rank == 0:\n            self._upload(tag)\n"
+           "            if self.remote:\n                self._upload(tag)\n"
            "        barrier()\n        if rank == 0:\n" + MARKER_WRITE,
            "        barrier()\n        if rank == 0:\n" + MARKER_WRITE
-           + "        if self.remote and local_rank == 0:\n            self._upload(tag)\n"
-           "        barrier()\n        if rank == 0:\n",
+           + "        if self.remote and local_rank == 0:\n            self._upload(tag)\n",
            PUBLISH),
     mutant("planted-weighting-state-not-resumed", "training/trainer/worker.py",
            'states: dict[str, Any] = {"batches": data, "weighting": weighting}', 'states: dict[str, Any] = {"batches": data}', RESUME + "[dwa]"),
@@ -184,8 +184,8 @@ MUTANTS: list[Mutant] = [
            TECH + "adversarial_discriminator_gradient_reaches_the_encoder_reversed"),
     # -- checkpoint publishing order --
     mutant("publish-before-ranks-wrote", "training/trainer/checkpoints.py",
-           "        barrier()\n        if self.remote and local_rank == 0:\n            self._upload(tag)\n",
-           "        if self.remote and local_rank == 0:\n            self._upload(tag)\n", PUBLISH),
+           "        barrier()\n        if local_rank == 0:  # this node's files are all written",
+           "        if local_rank == 0:  # this node's files are all written", PUBLISH),
     mutant("publish-before-nodes-uploaded", "training/trainer/checkpoints.py",
            "            self._upload(tag)\n        barrier()\n        if rank == 0:",
            "            self._upload(tag)\n        if rank == 0:", PUBLISH),
