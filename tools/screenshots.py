@@ -76,6 +76,10 @@ def main() -> None:
             shoot(f"{stack.prefect.url}/runs/flow-run/{run_id}", "prefect-flow-run")
             shoot(f"{stack.mlflow.url}/#/experiments/{experiment}/runs/{version.run_id}", "mlflow-run")
             shoot(f"{stack.mlflow.url}/#/models/mtl-shots/versions/{version.version}", "mlflow-model-version")
+            # the curves (train.loss.<task>, lr, task weights) and the flow run's link to its MLflow run
+            shoot(f"{stack.mlflow.url}/#/experiments/{experiment}/runs/{version.run_id}/model-metrics",
+                  "mlflow-run-curves", 2400)
+            shoot(f"{stack.prefect.url}/artifacts/key/mlflow-run-link", "prefect-mlflow-link")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
