@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from engine_support import metrics, tiny_tasks, train
+from faults_support import Lines
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 
 SETTINGS = {"steps": 24, "checkpoint_every": 8, "log_every": 1, "keep_checkpoints": 3, "seed": 5}
@@ -43,15 +44,6 @@ def kill_rank_after_first_checkpoint(run: Path, killed: list[int], stop: threadi
             if pids:
                 return
         time.sleep(0.02)
-
-
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @pytest.mark.slow
