@@ -40,4 +40,13 @@ def test_refused_before_training(case, command, tiny_encoder, data_dir, tmp_path
     err = capsys.readouterr().err
     assert message in err
     assert not list(state.glob("runs/*/train_spec.json")), "training must not start"
-    assert not (state / "mlflow.db").exists(), "nothing may be registered"
+    # the flow run's MLflow run is opened before ingest (it spans the flow run): a refusal there
+    # leaves it FAILED with the reason, and no model version anywhere
+    store = state / "mlflow.db"
+    if store.exists():
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{store}")
+        assert not client.search_model_versions(), "nothing may be registered"
+        runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+        assert runs and all(r.info.status == "FAILED" and "mtl.failure" in r.data.tags for r in runs)
