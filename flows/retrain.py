@@ -18,8 +18,8 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 from flows.config import PipelineConfig, load_config, run_overrides  # noqa: E402
 from flows.tasks import (champion_label_maps, close_mlflow_run, data_params, end_failed_mlflow_run,  # noqa: E402
-                         evaluate, fail_mlflow_run, ingest, open_mlflow_run, prepare_run, promote, register,
-                         task_affinity, tokenize, train)
+                         evaluate, fail_mlflow_run, ingest, open_mlflow_run, prepare_run, promote, redacted,
+                         register, task_affinity, tokenize, train)
 from training.config import SamplerName, SharingName, WeightingName  # noqa: E402
 from training.release.registry import redact_uri  # noqa: E402
 from training.task_spec import spec_for  # noqa: E402
@@ -36,12 +36,10 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 walk(f"{prefix}.{v['name'] if isinstance(v, dict) and 'name' in v else i}", v)
-        elif isinstance(value, str) and "://" in value:
-            flat[prefix] = redact_uri(value)  # a tracking or endpoint URI may carry user:password
         else:
             flat[prefix] = value
 
-    walk("", config.model_dump(mode="json"))
+    walk("", redacted(config.model_dump(mode="json")))  # a tracking or endpoint URI may carry user:password
     return flat
 
 
