@@ -137,11 +137,14 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
         write_config_results(out, args, names, rows, settings, time.time() - started)
 
-    for task in main_specs:
-        one(f"single-task {task.name}", [task], single)
-    rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names}}
-    one(f"{cfg.name} ({', '.join(t.name for t in specs)})", specs, training)
-    if len(main_specs) < len(specs):
+    parts = set(args.runs.split(","))
+    if "single" in parts:
+        for task in main_specs:
+            one(f"single-task {task.name}", [task], single)
+        rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names}}
+    if "config" in parts:
+        one(f"{cfg.name} ({', '.join(t.name for t in specs)})", specs, training)
+    if "without-auxiliary" in parts and len(main_specs) < len(specs):
         one(f"{cfg.name} without auxiliary ({', '.join(names)})", main_specs, training)
     print(out.with_suffix(".md").read_text())
 
@@ -205,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="stream the training logs")
     parser.add_argument("--config", default=None, help="a pipeline config: compare it (and it without its "
                         "auxiliary tasks) with one model per task; the other options are then ignored")
+    parser.add_argument("--runs", default="single,config,without-auxiliary",
+                        help="with --config, which runs (a run whose model is already in --work is evaluated, "
+                             "not trained again)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.out)

@@ -150,4 +150,4 @@ def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
     spec.loader.exec_module(bench)
     single = bench.single_task_training(cfg.training, names, auxiliary)
     assert single.schedule == "single" and single.eval_every == cfg.training.eval_every
-    assert 4 * single.steps == sum(s.training.steps for s in stages) == 1800
+    assert 4 * single.steps == sum(s.training.steps for s in stages) == 4000

@@ -212,26 +212,37 @@ def test_patience_stops_training_early_and_exports_the_best_step(demo, tmp_path)
     assert all(torch.equal(weights[k], saved[k].float()) for k in weights)
 
 
-def test_mtdnn_selects_the_multitask_stage_by_the_mean_and_each_fine_tuned_task_by_its_own_score(demo, tmp_path):
-    """1 process, ZeRO-0: the multi-task stage (ptb auxiliary) exports its best mean step, sst2's
-    fine-tuning stage its own best step (it gets sst2's dev split only); the card says per task
-    which stage and step its weights come from."""
-    export = train(demo, tmp_path, 0, steps=4, eval_every=2, processes=1, log_every=2, learning_rate=0.02,
+def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_it_scored_as_well(demo, tmp_path):
+    """1 process, ZeRO-0: the multi-task stage (ptb auxiliary) exports each task's best step, sst2's
+    fine-tuning stage (sst2's dev split only) starts from sst2's own multi-task weights and exports
+    its best step, and the assembly keeps those only if they scored at least the multi-task stage's
+    best for sst2; the card says per task which stage and step its weights come from."""
+    export = train(demo, tmp_path, 0, steps=6, eval_every=2, processes=1, log_every=2, learning_rate=0.02,
                    schedule="mtdnn", schedule_params={"finetune_tasks": ["sst2"], "finetune_steps": 2})
     stages = tmp_path / "stages"
     spec = json.loads((stages / "finetune-sst2" / "train_spec.json").read_text())
     assert set(spec["dev"]) == {"sst2"} and [t["name"] for t in spec["tasks"]] == ["sst2"]
     multitask = [r for r in rows(stages / "multitask") if "eval" in r]
-    assert [r["step"] for r in multitask] == [2, 4] and all(set(r["eval"]) == {"pos", "ner", "sst2"} for r in multitask)
-    mean = max(multitask, key=lambda r: (sum(r["eval"][t][m] for t, m in PRIMARY.items()), r["step"]))["step"]
+    assert [r["step"] for r in multitask] == [2, 4, 6] and all(set(r["eval"]) == {"pos", "ner", "sst2"}
+                                                            for r in multitask)
+    best = best_steps(multitask)
     stage_card = json.loads((stages / "multitask" / "model" / "mtl_model.json").read_text())
-    assert stage_card["selection"]["mode"] == "mean" and stage_card["sharing"] == "hard"
+    assert stage_card["selection"]["mode"] == "per_task"
+    assert {t: c["step"] for t, c in stage_card["selection"]["tasks"].items()} == best
+    own = stage_card["sharing_params"].get("task_encoders", []) if stage_card["sharing"] == "multi_encoder" else []
     (tuned,) = [r for r in rows(stages / "finetune-sst2") if "eval" in r]
+    multitask_sst2 = stage_card["selection"]["tasks"]["sst2"]["score"]
+    kept = tuned["eval"]["sst2"]["accuracy"] >= multitask_sst2
     card = json.loads((export / "mtl_model.json").read_text())
-    assert [t["name"] for t in card["tasks"]] == ["pos", "ner", "sst2"] and card["sharing_params"] == {
-        "task_encoders": ["sst2"]}
+    assert [t["name"] for t in card["tasks"]] == ["pos", "ner", "sst2"]
+    assert card["sharing_params"] == {"task_encoders": sorted(set(own) | ({"sst2"} if kept else set()))}
     chosen = card["selection"]["tasks"]
     assert {t: (c["stage"], c["step"]) for t, c in chosen.items()} == {
-        "pos": ("multitask", mean), "ner": ("multitask", mean), "sst2": ("finetune-sst2", 2)}
-    assert chosen["sst2"]["score"] == tuned["eval"]["sst2"]["accuracy"]
+        "pos": ("multitask", best["pos"]), "ner": ("multitask", best["ner"]),
+        "sst2": ("finetune-sst2", 2) if kept else ("multitask", best["sst2"])}
+    assert chosen["sst2"]["score"] == max(tuned["eval"]["sst2"]["accuracy"], multitask_sst2)
     assert not (stages / "finetune-ptb").exists()
+    # the exported sst2 head is the chosen stage's
+    weights = load_file(str(export / "model.safetensors"))
+    source = load_file(str((stages / "finetune-sst2" if kept else stages / "multitask") / "model" / "model.safetensors"))
+    assert all(torch.equal(weights[k], source[k]) for k in source if k.startswith("heads.sst2."))

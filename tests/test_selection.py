@@ -217,14 +217,46 @@ def test_selection_patience_and_auxiliary_settings_are_checked():
     assert tuned.startswith("training.schedule_params.finetune_tasks: ['chunk'] auxiliary")
 
 
-def test_mtdnn_selects_the_multitask_stage_by_the_mean_and_never_fine_tunes_an_auxiliary_task():
+def test_mtdnn_selects_the_multitask_stage_per_task_and_never_fine_tunes_an_auxiliary_task():
     from training.launch.schedule import MtdnnSchedule
 
     training = TrainingConfig(steps=90, eval_every=10, schedule="mtdnn")
     stages = MtdnnSchedule.plan(training, ["pos", "chunk", "ner"], ["chunk"])
     assert [s.name for s in stages] == ["multitask", "finetune-pos", "finetune-ner"]
-    assert stages[0].tasks == ["pos", "chunk", "ner"] and stages[0].training.selection == "mean"
+    assert stages[0].tasks == ["pos", "chunk", "ner"] and stages[0].training.selection == "per_task"
     assert stages[1].training.steps == 45 and stages[1].training.eval_every == 10
+    mean = MtdnnSchedule.plan(training.model_copy(update={"selection": "mean"}), ["pos", "ner"], [])
+    assert mean[0].training.selection == "mean"
+
+
+def test_the_mtdnn_assembly_keeps_fine_tuning_only_where_it_scored_at_least_the_multitask_stage():
+    from training.launch.schedule import assembled_selection, kept_finetuned
+
+    def card(**scores):
+        return {"selection": {"mode": "per_task", "tasks": {t: {"step": 10, "metric": "accuracy", "score": v}
+                                                           for t, v in scores.items()}}}
+
+    base = card(pos=0.9, ner=0.8, rte=0.6)
+    tuned = {"pos": card(pos=0.91), "ner": card(ner=0.8), "rte": card(rte=0.58)}
+    assert kept_finetuned(base, tuned) == ["ner", "pos"]  # a tie goes to the fine-tuned weights
+    assert kept_finetuned({}, tuned) == ["ner", "pos", "rte"]  # no evaluation: every stage is kept
+    chosen = assembled_selection(base["selection"], tuned, ["ner", "pos"])["tasks"]
+    assert {t: (c["stage"], c["score"]) for t, c in chosen.items()} == {
+        "pos": ("finetune-pos", 0.91), "ner": ("finetune-ner", 0.8), "rte": ("multitask", 0.6)}
+    assert chosen["rte"]["finetune_score"] == 0.58 and "finetune_score" not in chosen["pos"]
+
+
+def test_a_fine_tuning_stage_starts_from_its_tasks_own_encoder_copy():
+    from training.model.sharing.multi_encoder import own_encoder_entries, task_view
+
+    hard = {"sharing.encoder.w": torch.zeros(2), "heads.pos.w": torch.ones(1), "heads.rte.w": torch.ones(1)}
+    own = own_encoder_entries("rte", {"sharing.encoder.w": torch.full((2,), 7.0), "heads.rte.w": torch.ones(1)})
+    multi = {**hard, **own}
+    rte = task_view("rte", multi)
+    assert set(rte) == set(hard) and torch.equal(rte["sharing.encoder.w"], torch.full((2,), 7.0))
+    pos = task_view("pos", multi)
+    assert set(pos) == set(hard) and torch.equal(pos["sharing.encoder.w"], torch.zeros(2))
+    assert task_view("pos", hard) == hard
 
 
 def test_an_auxiliary_task_reaches_its_spec_and_redoes_no_data_step(write):

@@ -8,8 +8,11 @@
   writes one export: the multi-task encoder for tasks not fine-tuned, and each fine-tuned task's
   own encoder and head (`multi_encoder` sharing), with every stage's provenance on the card.
   Auxiliary tasks train in the multi-task stage only. With `eval_every`, the multi-task stage
-  exports the step with the best mean of the primary dev metrics (one step: it is what every
-  fine-tuning stage starts from) and each fine-tuning stage its own task's best step.
+  selects by `training.selection` (per task by default: each task's fine-tuning starts from the
+  encoder and head of its own best multi-task step), each fine-tuning stage exports its task's best
+  step, and the assembly keeps, per task, whichever of the two scored higher on the same dev
+  sample (the fine-tuned one on ties): fine-tuning that does not help never replaces the
+  multi-task weights.
 
 Contract of a schedule: `Params` (pydantic), `config_problems(training, tasks, auxiliary)`,
 `plan(training, tasks, auxiliary) -> [Stage]` and `assemble(stages, exports, out_dir, log) -> export
@@ -97,8 +100,8 @@ class MtdnnSchedule:
     @classmethod
     def plan(cls, training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[Stage]:
         params = MtdnnParams(**training.schedule_params)
-        # one step for all tasks: the multi-task export is the start of every fine-tuning stage
-        first = training.model_copy(update={"schedule": "single", "schedule_params": {}, "selection": "mean"})
+        # per-task selection here gives each fine-tuning stage its task's own best multi-task weights
+        first = training.model_copy(update={"schedule": "single", "schedule_params": {}})
         stages = [Stage(name="multitask", role="multitask", tasks=list(tasks), training=first)]
         main = [t for t in tasks if t not in auxiliary]
         tuned_tasks = params.finetune_tasks or main
@@ -116,7 +119,8 @@ class MtdnnSchedule:
     @staticmethod
     def assemble(stages: list[Stage], exports: dict[str, str], out_dir: Path, log: Log) -> str:
         """The multi-task export with each fine-tuned task's encoder copy and head replaced by its
-        stage's weights. Idempotent: an existing assembly is kept."""
+        stage's weights where that stage scored at least as well on dev (see `kept_finetuned`).
+        Idempotent: an existing assembly is kept."""
         from transformers import AutoTokenizer
 
         from training.model.export import CARD, ENCODER_DIR, export_weights, read_card, write_export
@@ -127,13 +131,21 @@ class MtdnnSchedule:
         if (out_dir / CARD).is_file():
             return str(out_dir)
         base = exports["multitask"]
-        tuned = {s.tasks[0]: exports[s.name] for s in stages if s.role == "finetune"}
+        folders = {s.tasks[0]: exports[s.name] for s in stages if s.role == "finetune"}
         card = read_card(base)
+        tuned_cards = {t: read_card(f) for t, f in folders.items()}
+        tuned = kept_finetuned(card, tuned_cards)
+        for task in sorted(set(folders) - set(tuned)):
+            log(f"kept the multi-task weights of {task}: its fine-tuning stage scored "
+                f"{tuned_cards[task]['selection']['tasks'][task]['score']:.4f} on dev, below the multi-task "
+                f"stage's {card['selection']['tasks'][task]['score']:.4f}")
         tasks = [TaskSpec(**t) for t in card.pop("tasks")]
         state = dict(export_weights(base))
-        for task, folder in tuned.items():
-            state.update(own_encoder_entries(task, export_weights(folder)))
-        params = {"task_encoders": sorted(tuned)}
+        for task in tuned:
+            state.update(own_encoder_entries(task, export_weights(folders[task])))
+        # tasks the multi-task stage already gave an encoder copy of their own (per-task selection) keep it
+        own = card["sharing_params"].get("task_encoders", []) if card["sharing"] == "multi_encoder" else []
+        params = {"task_encoders": sorted(set(own) | set(tuned))}
         model = build_model_skeleton(Path(base) / ENCODER_DIR, tasks, "multi_encoder", card.get("dropout", 0.1), params)
         if missing := set(model.state_dict()) - set(state):
             raise ValueError(f"stage exports do not cover the assembled model: missing {sorted(missing)[:5]}")
@@ -141,18 +153,34 @@ class MtdnnSchedule:
                      "head_stage": {t.name: f"finetune-{t.name}" if t.name in tuned else "multitask" for t in tasks},
                      "schedule": {"name": "mtdnn", "stages": [stage_card(s, exports[s.name]) for s in stages]}})
         if "selection" in card:
-            card["selection"] = assembled_selection(card["selection"], {t: read_card(f) for t, f in tuned.items()})
+            card["selection"] = assembled_selection(card["selection"], tuned_cards, tuned)
         tokenizer = AutoTokenizer.from_pretrained(str(Path(base) / "tokenizer"))
         write_export(out_dir, {k: v.to(torch.float32) for k, v in state.items()}, model, tokenizer, card)
-        log(f"assembled the mtdnn model at {out_dir}: fine-tuned {sorted(tuned)}")
+        log(f"assembled the mtdnn model at {out_dir}: fine-tuned weights for {sorted(tuned)}")
         return str(out_dir)
 
 
-def assembled_selection(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per task, the stage and step its weights come from and the dev score that chose them."""
+def kept_finetuned(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> list[str]:
+    """The fine-tuned tasks whose stage export replaces the multi-task weights: every one without
+    evaluation during training; with it, those whose fine-tuning stage's selected dev score is at
+    least the multi-task stage's for that task (both on the same seeded dev sample)."""
+    if "selection" not in base:
+        return sorted(tuned_cards)
+    return sorted(t for t, card in tuned_cards.items()
+                  if card["selection"]["tasks"][t]["score"] >= base["selection"]["tasks"][t]["score"])
+
+
+def assembled_selection(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]],
+                        kept: list[str]) -> dict[str, Any]:
+    """Per task, the stage and step its weights come from and the dev score that chose them; a task
+    whose fine-tuning was not kept also records that stage's best score."""
     chosen = {t: {**entry, "stage": "multitask"} for t, entry in base["tasks"].items()}
     for task, card in tuned_cards.items():
-        chosen[task] = {**card["selection"]["tasks"][task], "stage": f"finetune-{task}"}
+        entry = card["selection"]["tasks"][task]
+        if task in kept:
+            chosen[task] = {**entry, "stage": f"finetune-{task}"}
+        else:
+            chosen[task]["finetune_score"] = entry["score"]
     return {**base, "tasks": chosen}
 
 

@@ -44,6 +44,7 @@ def train(spec: WorkerSpec) -> None:
     from training.lookup import lookup
     from training.model.export import export_weights
     from training.model.multitask import build_model, load_matching, resolve_encoder_path
+    from training.model.sharing.multi_encoder import task_view
     from training.trainer.batches import TaskBatches, load_features
     from training.trainer.checkpointer import Checkpointer, RandomState
     from training.trainer.checkpoints import CheckpointStore, tag_for
@@ -72,7 +73,10 @@ def train(spec: WorkerSpec) -> None:
     model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout,
                         cfg.sharing_params, weighting.module(), spec.encoder.attn_implementation)
     if spec.init_from:
-        load_matching(model, export_weights(spec.init_from))
+        start = export_weights(spec.init_from)
+        if len(spec.tasks) == 1:  # a fine-tuning stage: its task's own weights where the export has them
+            start = task_view(spec.tasks[0].name, start)
+        load_matching(model, start)
     engine = Engine(model, spec.deepspeed, cfg)
     if rank == 0:
         if warning := check_version():

@@ -79,3 +79,16 @@ def own_encoder_entries(task: str, state: dict[str, torch.Tensor]) -> dict[str, 
         elif key.startswith(f"heads.{task}."):
             out[key] = value
     return out
+
+
+OWN_PREFIX = "sharing.task_encoders."
+
+
+def task_view(task: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The hard-sharing weights `task` uses in a multi_encoder state dict (the inverse of
+    `own_encoder_entries`): its own encoder copy, where it has one, as the shared encoder; every
+    other task's copy left out. A hard-sharing state dict comes back as it is."""
+    own = f"{OWN_PREFIX}{task}."
+    mine = {SHARED_PREFIX + k[len(own):]: v for k, v in state.items() if k.startswith(own)}
+    out = {k: v for k, v in state.items() if not k.startswith(OWN_PREFIX) and not (mine and k.startswith(SHARED_PREFIX))}
+    return {**out, **mine}
