@@ -118,7 +118,8 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     specs, main_specs = prepared.specs, [t for t in prepared.specs if not t.auxiliary]
     names = [t.name for t in main_specs]
     training = cfg.training
-    single = single_task_training(training, [t.name for t in specs], [t.name for t in specs if t.auxiliary])
+    single = single_task_training(training, [t.name for t in specs], [t.name for t in specs if t.auxiliary],
+                                  args.single_steps)
     rows: dict[str, dict[str, Any]] = {}
     settings: dict[str, str] = {}
 
@@ -132,7 +133,8 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         card = read_card(export)
         chosen = {t: {k: v for k, v in e.items() if k in ("step", "stage", "score")}
                   for t, e in card.get("selection", {}).get("tasks", {}).items()}
-        rows[name] = {"scores": scores, "chosen": chosen, "wall_s": round(time.time() - begun, 1)}
+        steps = total_steps(tcfg, [t.name for t in tasks], [t.name for t in tasks if t.auxiliary])
+        rows[name] = {"scores": scores, "chosen": chosen, "steps": steps, "wall_s": round(time.time() - begun, 1)}
         settings[name] = settings_line(tcfg, tasks)
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
         write_config_results(out, args, names, rows, settings, time.time() - started)
@@ -141,7 +143,8 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     if "single" in parts:
         for task in main_specs:
             one(f"single-task {task.name}", [task], single)
-        rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names}}
+        rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names},
+                                                    "steps": sum(rows[f"single-task {t}"]["steps"] for t in names)}
     if "config" in parts:
         one(f"{cfg.name} ({', '.join(t.name for t in specs)})", specs, training)
     if "without-auxiliary" in parts and len(main_specs) < len(specs):
@@ -149,16 +152,22 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     print(out.with_suffix(".md").read_text())
 
 
-def single_task_training(training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> TrainingConfig:
-    """One main task's baseline: the config's settings on the single schedule, with the staged run's
-    total steps (every stage) shared out evenly over the main tasks: the same compute in all."""
-    from training.launch.schedule import SCHEDULES
-
-    total = sum(stage.training.steps for stage in SCHEDULES[training.schedule].plan(training, tasks, auxiliary))
-    steps = total // (len(tasks) - len(auxiliary))
+def single_task_training(training: TrainingConfig, tasks: list[str], auxiliary: list[str],
+                         steps: int | None = None) -> TrainingConfig:
+    """One main task's baseline: the config's settings on the single schedule, with `steps` steps or
+    by default the staged run's total steps (every stage) shared out evenly over the main tasks:
+    the same compute in all."""
+    steps = steps or total_steps(training, tasks, auxiliary) // (len(tasks) - len(auxiliary))
     return training.model_copy(update={"schedule": "single", "schedule_params": {}, "steps": steps,
                                        "sampler": "proportional", "weighting": "equal", "weighting_params": {},
                                        "checkpoint_every": min(training.checkpoint_every, steps)})
+
+
+def total_steps(training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> int:
+    """Optimizer steps of every stage of the run the config plans."""
+    from training.launch.schedule import SCHEDULES
+
+    return sum(stage.training.steps for stage in SCHEDULES[training.schedule].plan(training, tasks, auxiliary))
 
 
 def settings_line(t: TrainingConfig, tasks: list[TaskSpec]) -> str:
@@ -172,13 +181,15 @@ def settings_line(t: TrainingConfig, tasks: list[TaskSpec]) -> str:
 
 def write_config_results(out: Path, args: argparse.Namespace, names: list[str],
                          rows: dict[str, dict[str, Any]], settings: dict[str, str], wall_s: float) -> None:
-    single = rows.get("single-task (each its own model)", {}).get("scores")
+    baseline = rows.get("single-task (each its own model)", {})
+    single = baseline.get("scores")
     verdict = {}
     for name, row in rows.items():
         if single and not name.startswith("single"):
             s = row["scores"]
             verdict[name] = {"at_least_single_on_every_task": all(s[t] >= single[t] for t in names),
-                             "gain_over_single": {t: round(s[t] - single[t], 2) for t in names}}
+                             "gain_over_single": {t: round(s[t] - single[t], 2) for t in names},
+                             "steps_over_single_steps": round(row["steps"] / baseline["steps"], 2)}
     result = {"config": args.config, "settings": settings, "rows": rows, "target": verdict, "wall_s": round(wall_s, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -208,6 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verbose", action="store_true", help="stream the training logs")
     parser.add_argument("--config", default=None, help="a pipeline config: compare it (and it without its "
                         "auxiliary tasks) with one model per task; the other options are then ignored")
+    parser.add_argument("--single-steps", type=int, default=None,
+                        help="with --config, steps of each one-model-per-task baseline (default: the staged run's "
+                             "total steps over the main tasks, the same compute); the JSON gives the compute ratio")
     parser.add_argument("--runs", default="single,config,without-auxiliary",
                         help="with --config, which runs (a run whose model is already in --work is evaluated, "
                              "not trained again)")

@@ -131,8 +131,8 @@ def test_the_resolved_config_written_beside_a_run_has_no_uri_password():
 
 def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
     """configs/quality.yaml (README "Multi-task quality"): SNLI trains in the multi-task stage only,
-    every main task is fine-tuned, and the bench's one-model-per-task baselines get the same
-    total steps as the staged run."""
+    every main task is fine-tuned, and the bench's one-model-per-task baselines get by default the
+    same total steps as the staged run, or the steps `--single-steps` names."""
     import importlib.util
 
     from training.launch.schedule import SCHEDULES
@@ -148,6 +148,8 @@ def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
     spec = importlib.util.spec_from_file_location("mtl_quality", ROOT / "bench" / "mtl_quality.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    assert [s.training.steps for s in stages] == [3000, 1000, 1000, 1000, 1000]
     single = bench.single_task_training(cfg.training, names, auxiliary)
     assert single.schedule == "single" and single.eval_every == cfg.training.eval_every
-    assert 4 * single.steps == sum(s.training.steps for s in stages) == 4000
+    assert 4 * single.steps == bench.total_steps(cfg.training, names, auxiliary) == 7000  # the same compute
+    assert bench.single_task_training(cfg.training, names, auxiliary, 1000).steps == 1000  # --single-steps
