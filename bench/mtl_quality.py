@@ -6,8 +6,9 @@
 
 With `--config`, a pipeline config is the multi-task run, measured three ways on the same data:
 one model per main task (the config's training settings, single schedule, `steps` = the staged
-run's total steps over the main tasks, so the same total compute, with the same evaluation and
-selection on dev), the config as it is, and the config without its auxiliary tasks.
+run's total steps over the main tasks, so the same total compute, or `--single-steps`, with the
+same evaluation and selection on dev), the config as it is, and the config without its auxiliary
+tasks. `--runs` picks some of them; a run whose model is already in `--work` is only evaluated.
 
 Every run is a real launched DeepSpeed training (`training.launch.train.train_model`) on the offline
 MiniLM encoder. Sampled-step runs get `steps x tasks` steps (one task each, proportional sampling
