@@ -55,6 +55,8 @@ TASKS: list[dict[str, Any]] = [
      "text_pair_column": "sentence2", "train": "pair_rte/train.tsv", "dev": "pair_rte/dev.tsv"},
 ]
 
+CONFIG_RUNS = ("single", "config", "without-auxiliary")  # the parts of the --config comparison, in order
+
 
 def prepare(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from transformers import AutoTokenizer
@@ -223,10 +225,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-steps", type=int, default=None,
                         help="with --config, steps of each one-model-per-task baseline (default: the staged run's "
                              "total steps over the main tasks, the same compute); the JSON gives the compute ratio")
-    parser.add_argument("--runs", default="single,config,without-auxiliary",
+    parser.add_argument("--runs", default=",".join(CONFIG_RUNS),
                         help="with --config, which runs (a run whose model is already in --work is evaluated, "
                              "not trained again)")
     args = parser.parse_args(argv)
+    if unknown := set(args.runs.split(",")) - set(CONFIG_RUNS):  # before any data is read
+        parser.error(f"--runs: unknown run(s) {sorted(unknown)}; choose from {','.join(CONFIG_RUNS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.out)
     work = Path(args.work) if args.work else out.with_suffix("").with_name(out.stem + "-runs")

@@ -67,6 +67,7 @@ class MultiEncoderSharing(SharedEncoderModule):
 
 
 SHARED_PREFIX = "sharing.encoder."
+OWN_PREFIX = "sharing.task_encoders."
 
 
 def own_encoder_entries(task: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -75,13 +76,10 @@ def own_encoder_entries(task: str, state: dict[str, torch.Tensor]) -> dict[str, 
     out = {}
     for key, value in state.items():
         if key.startswith(SHARED_PREFIX):
-            out[f"sharing.task_encoders.{task}.{key[len(SHARED_PREFIX):]}"] = value
+            out[f"{OWN_PREFIX}{task}.{key[len(SHARED_PREFIX):]}"] = value
         elif key.startswith(f"heads.{task}."):
             out[key] = value
     return out
-
-
-OWN_PREFIX = "sharing.task_encoders."
 
 
 def task_view(task: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
