@@ -151,7 +151,10 @@ def run_launcher(cmd: list[str], env: dict[str, str], timeout_s: float, log: Cal
         while proc.poll() is None:
             if time.monotonic() > deadline:
                 raise TrainingFailed(f"training ran past its {timeout_s:.0f} s limit and was stopped")
-            time.sleep(0.5)
+            try:  # returns as the group's leader exits; Popen.wait polls in Python, so a cancellation
+                proc.wait(timeout=0.5)  # raised into this thread still lands within its 50 ms naps
+            except subprocess.TimeoutExpired:
+                pass
     finally:
         # on timeout, an exception or a cancellation of the calling task: no orphan workers
         kill_group(proc)

@@ -3,6 +3,8 @@ internals as of the version below; `check_version` says so in the log when anoth
 and each fix checks the attributes it relies on and does nothing when they are not there."""
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 import torch
@@ -20,6 +22,37 @@ def check_version() -> str | None:
                 f"for {WRITTEN_FOR}: the ZeRO-3 master-weight aliasing and the engine's own clipping rely on "
                 "its internals (each checks what it uses and stands down if it is missing)")
     return None
+
+
+# Imported by DeepSpeed for features this project never uses. MLflow: `import deepspeed` imports its
+# autotuner, which imports MLflow to log its own trials (~2.5 s of CPU). Muon: each ZeRO optimizer
+# imports DeepSpeed's Muon modules to ask whether the optimizer is a Muon one, and defining Muon's
+# kernels imports torch.compile's machinery (~2.3 s of CPU). Optimizers here are AdamW or
+# DeepSpeedCPUAdam, never Muon.
+UNUSED_BY_WORKERS = ("mlflow",)
+MUON_MODULES = ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.runtime.zero.muon.original_muon")
+
+
+class _NoMuon:
+    """A class no optimizer of this project is an instance of (DeepSpeed's `isinstance` checks)."""
+
+
+def _no_muon_update(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("Muon is not an optimizer of this project")
+
+
+def skip_unused_imports() -> None:
+    """Trim a training process's start-up (about 4.8 s of CPU per process, at every launch, retry
+    and resume) of the imports above. For the processes the launcher starts, before DeepSpeed is
+    imported; never in a process that uses MLflow (the flow logs to MLflow, workers never do)."""
+    for name in UNUSED_BY_WORKERS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # `import mlflow` raises ImportError
+    for name in MUON_MODULES:
+        if name not in sys.modules:
+            stand_in = types.ModuleType(name, "stand-in: this project never uses Muon")
+            stand_in.MuonWithAuxAdam = _NoMuon  # type: ignore[attr-defined]
+            stand_in.muon_update = stand_in.adam_update = _no_muon_update  # type: ignore[attr-defined]
+            sys.modules[name] = stand_in
 
 
 def skip_world_of_one_allreduce(engine: Any, zero_stage: int) -> None:

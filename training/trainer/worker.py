@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", required=True)
     parser.add_argument("--local_rank", type=int, default=None, help="set by the deepspeed launcher")
     args = parser.parse_args(argv)
+    from training.trainer.deepspeed_fixes import skip_unused_imports
+
+    skip_unused_imports()  # this process's own start-up: it never logs to MLflow itself
     train(WorkerSpec.model_validate_json(Path(args.spec).read_text()))
 
 
