@@ -16,13 +16,15 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # torch first (a plain `torch` requirement would pull a CUDA build), then DeepSpeed,
-# whose sdist build imports torch, then the project itself.
+# whose sdist build imports torch, then the project itself, then DeepSpeed's CPU ops (about a
+# minute, once: the first run that needs one would otherwise compile it while its ranks wait).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-build-isolation deepspeed==0.19.8
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/python -m training.launch.build_ops
 	touch $@
 
 demo: $(STAMP)
