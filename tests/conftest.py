@@ -156,6 +156,22 @@ def production_stack():
             shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One `mlflow server` (sqlite store, artifacts served from a folder) on a loopback port, shared
+    by the modules that need a tracking server of their own (about 25 s to start on 2 CPU cores);
+    each registers under its own model and experiment names. Yields the port."""
+    import servers
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    server = servers.start_mlflow(f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri(), root, env)
+    try:
+        yield int(server.url.rsplit(":", 1)[1])
+    finally:
+        server.stop()
+
+
 @pytest.fixture(autouse=True)
 def no_mlflow_uri_leaked() -> Iterator[None]:
     """A test (or the code it runs) that leaves MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI set in this

@@ -11,8 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,31 +37,6 @@ def moto_endpoint():
                  aws_secret_access_key=S3_SECRET).create_bucket(Bucket="shared-cache")
     yield url
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(base / "server.log", "w")
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1",
-                               "--backend-store-uri", f"sqlite:///{base / 'mlflow.db'}",
-                               "--artifacts-destination", str(base / "artifacts")],
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise AssertionError("the MLflow server did not start: " + (base / "server.log").read_text()[-2000:])
-            time.sleep(0.5)
-    yield port
-    os.killpg(server.pid, 15)
-    server.wait(timeout=30)
-    log.close()
 
 
 @pytest.fixture(scope="module")
