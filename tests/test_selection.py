@@ -229,6 +229,26 @@ def test_mtdnn_selects_the_multitask_stage_per_task_and_never_fine_tunes_an_auxi
     assert mean[0].training.selection == "mean"
 
 
+def test_mtdnn_fine_tunes_the_tasks_named_at_their_own_learning_rate():
+    from training.launch.schedule import MtdnnSchedule
+
+    training = TrainingConfig(steps=90, learning_rate=1e-4, schedule="mtdnn",
+                              schedule_params={"finetune_learning_rates": {"rte": 3e-5}})
+    stages = MtdnnSchedule.plan(training, ["pos", "rte", "snli"], ["snli"])
+    assert {s.name: s.training.learning_rate for s in stages} == {
+        "multitask": 1e-4, "finetune-pos": 1e-4, "finetune-rte": 3e-5}
+    assert problems(["pos", "rte", "snli"], ["snli"], schedule="mtdnn",
+                    schedule_params={"finetune_learning_rates": {"rte": 3e-5}}) == []
+    (aux,) = problems(["pos", "rte", "snli"], ["snli"], schedule="mtdnn",
+                      schedule_params={"finetune_learning_rates": {"snli": 3e-5}})
+    assert aux.startswith("training.schedule_params.finetune_learning_rates: ['snli'] not fine-tuned")
+    (untuned,) = problems(["pos", "rte"], schedule="mtdnn",
+                          schedule_params={"finetune_tasks": ["rte"], "finetune_learning_rates": {"pos": 3e-5}})
+    assert "['pos'] not fine-tuned (fine-tuned tasks: ['rte'])" in untuned
+    (negative,) = problems(["pos", "rte"], schedule="mtdnn", schedule_params={"finetune_learning_rates": {"rte": 0}})
+    assert negative.startswith("training.schedule_params.finetune_learning_rates.rte: Input should be greater than 0")
+
+
 def test_the_mtdnn_assembly_keeps_fine_tuning_only_where_it_scored_at_least_the_multitask_stage():
     from training.launch.schedule import assembled_selection, kept_finetuned
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -76,6 +76,9 @@ class MtdnnParams(BaseModel):
 
     finetune_tasks: list[str] | None = Field(None, description="tasks fine-tuned in stage 2 (default: all)")
     finetune_steps: int | None = Field(None, gt=0, description="stage-2 steps per task (default: steps / tasks)")
+    finetune_learning_rates: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="a stage-2 peak learning rate per task, for the tasks named (default: "
+                                          "training.learning_rate): a small task such as RTE often wants a lower one")
 
 
 class MtdnnSchedule:
@@ -91,6 +94,11 @@ class MtdnnSchedule:
         if helpers := named & set(auxiliary):
             problems.append(f"training.schedule_params.finetune_tasks: {sorted(helpers)} auxiliary, never exported, "
                             f"so never fine-tuned; remove them there")
+        rates = training.schedule_params.get("finetune_learning_rates") or {}
+        tuned = named or set(tasks) - set(auxiliary)
+        if isinstance(rates, dict) and (untuned := set(rates) - tuned):
+            problems.append(f"training.schedule_params.finetune_learning_rates: {sorted(untuned)} not fine-tuned "
+                            f"(fine-tuned tasks: {sorted(tuned)}); remove them there")
         if training.sharing != "hard":
             problems.append(f"training.sharing: the mtdnn schedule fine-tunes each task from the multi-task "
                             f"stage's shared encoder, which needs sharing: hard in that stage ({training.sharing!r} "
@@ -112,7 +120,9 @@ class MtdnnSchedule:
             "warmup_steps": max(1, min(training.warmup_steps, steps // 10)),  # DeepSpeed refuses 0
             "checkpoint_every": min(training.checkpoint_every, steps)})
         for task in tuned_tasks:
-            stages.append(Stage(name=f"finetune-{task}", role="finetune", tasks=[task], training=tuned,
+            own = tuned.model_copy(update={"learning_rate": params.finetune_learning_rates[task]}) \
+                if task in params.finetune_learning_rates else tuned
+            stages.append(Stage(name=f"finetune-{task}", role="finetune", tasks=[task], training=own,
                                 init_from="multitask"))
         return stages
 
@@ -187,6 +197,7 @@ def assembled_selection(base: dict[str, Any], tuned_cards: dict[str, dict[str, A
 def stage_card(stage: Stage, export: str) -> dict[str, Any]:
     """A stage's provenance on the model card."""
     return {"name": stage.name, "role": stage.role, "tasks": stage.tasks, "steps": stage.training.steps,
+            "learning_rate": stage.training.learning_rate,
             "sharing": stage.training.sharing, "weighting": stage.training.weighting,
             "init_from": stage.init_from, "export": export}
 
