@@ -33,8 +33,10 @@ demo: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/mtl validate configs/demo.yaml
 
+# two pytest processes, a test file at a time each (--dist loadfile: a module's shared runs and servers
+# start once); `pytest` alone runs the suite in one process
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The test suite's production servers, for a look around (README "Production mode"): PostgreSQL,
 # S3 (moto), MLflow and Prefect servers, a process worker; URLs printed, Ctrl-C stops and deletes all.
