@@ -20,6 +20,7 @@ from data_prep.ingest import check_task_config
 from data_prep.sources import default_data_dir
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.evaluation.affinity import AffinityConfig
+from training.redaction import USERINFO, mask_userinfo
 from training.validation import config_problems
 
 
@@ -76,7 +77,6 @@ def _key(loc: tuple[Any, ...]) -> str:
 # a field whose value must never be repeated back (an error message reaches logs and Prefect states)
 # (one key part: `token_column` is no secret, `session_token` is)
 SECRET_FIELD = re.compile(r"^(.*(secret|password|credential).*|.*_token|token|access_key(_id)?)$", re.I)
-URI_USERINFO = re.compile(r"//[^/@\s]+@")
 
 
 def _shown(err: dict[str, Any]) -> str:
@@ -87,7 +87,7 @@ def _shown(err: dict[str, Any]) -> str:
         return ""
     if any(SECRET_FIELD.match(str(part)) for part in err["loc"]):
         return " (value not shown: it may be a secret)"
-    return f" (got {URI_USERINFO.sub('//***@', repr(value))})"
+    return f" (got {mask_userinfo(repr(value))})"
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> PipelineConfig:
@@ -131,7 +131,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any], source: s
     out, problems = copy.deepcopy(raw), []
     # a section replaced whole (`tasks`) first, then the fields inside it (`tasks.*.max_dev_examples`)
     for key, value in sorted(overrides.items(), key=lambda item: item[0].count(".") + item[0].count("[")):
-        if any(SECRET_FIELD.match(part) for part in re.split(r"[.\[\]]", key)) or URI_USERINFO.search(str(value)):
+        if any(SECRET_FIELD.match(part) for part in re.split(r"[.\[\]]", key)) or USERINFO.search(str(value)):
             # a deployment's parameters are stored and shown as given: credentials never go there
             problems.append(f"{key}: credentials are not taken as a run parameter (Prefect stores and shows "
                             "parameters as given); give them to the worker's environment: AWS_ACCESS_KEY_ID / "

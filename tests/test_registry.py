@@ -87,6 +87,13 @@ def test_tracking_uri_credentials_never_reach_a_link():
     assert run_url("sqlite:////tmp/mlflow.db", "3", "abc") is None
 
 
+def test_every_uri_inside_a_text_loses_its_credentials():
+    from training.redaction import mask_userinfo
+
+    text = "cannot reach http://bob:s3cret@mlflow:5000 nor s3://key@bucket/x; sqlite:////tmp/m.db is fine"
+    assert mask_userinfo(text) == "cannot reach http://***@mlflow:5000 nor s3://***@bucket/x; sqlite:////tmp/m.db is fine"
+
+
 def test_table_artifacts_show_every_column():
     from flows.tasks import table
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from training.config import PromotionConfig, RegistryConfig
 from training.launch.layout import RunLayout
 from training.model.export import CARD
+from training.redaction import mask_userinfo
 from training.release import plots
 from training.release.signature import input_example, model_signature
 
@@ -77,9 +77,6 @@ class Registered:
     aliases: list[str] = field(default_factory=list)
     run_url: str | None = None  # the run's page when the tracking URI is a server
     version_url: str | None = None  # the version's page, likewise
-
-
-USERINFO = re.compile(r"//[^/\s@]+@")  # user[:password]@ in any URI inside a text
 
 
 def redact_uri(uri: str) -> str:
@@ -191,7 +188,7 @@ def close_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | Non
     """End the run: FINISHED, or FAILED / KILLED with the reason as a tag."""
     client = client_for(uri)
     if reason:  # an error message may quote a URI with its password
-        client.set_tag(run_id, "mtl.failure", USERINFO.sub("//***@", reason)[:4000])
+        client.set_tag(run_id, "mtl.failure", mask_userinfo(reason)[:4000])
     client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
 
 
