@@ -81,6 +81,11 @@ class MtdnnParams(BaseModel):
                                           "training.learning_rate): a small task such as RTE often wants a lower one")
 
 
+def fine_tuned_tasks(named: list[str] | None, tasks: list[str], auxiliary: list[str]) -> list[str]:
+    """The tasks MT-DNN's second stage fine-tunes: those named in `finetune_tasks`, else every main task."""
+    return list(named) if named else [t for t in tasks if t not in auxiliary]
+
+
 class MtdnnSchedule:
     Params: ClassVar[type[BaseModel]] = MtdnnParams
 
@@ -95,7 +100,7 @@ class MtdnnSchedule:
             problems.append(f"training.schedule_params.finetune_tasks: {sorted(helpers)} auxiliary, never exported, "
                             f"so never fine-tuned; remove them there")
         rates = training.schedule_params.get("finetune_learning_rates") or {}
-        tuned = named or set(tasks) - set(auxiliary)
+        tuned = set(fine_tuned_tasks(list(named), tasks, auxiliary))
         if isinstance(rates, dict) and (untuned := set(rates) - tuned):
             problems.append(f"training.schedule_params.finetune_learning_rates: {sorted(untuned)} not fine-tuned "
                             f"(fine-tuned tasks: {sorted(tuned)}); remove them there")
@@ -112,7 +117,7 @@ class MtdnnSchedule:
         first = training.model_copy(update={"schedule": "single", "schedule_params": {}})
         stages = [Stage(name="multitask", role="multitask", tasks=list(tasks), training=first)]
         main = [t for t in tasks if t not in auxiliary]
-        tuned_tasks = params.finetune_tasks or main
+        tuned_tasks = fine_tuned_tasks(params.finetune_tasks, tasks, auxiliary)
         steps = params.finetune_steps or max(1, training.steps // len(main))
         tuned = training.model_copy(update={
             "schedule": "single", "schedule_params": {}, "weighting": "equal", "weighting_params": {},
