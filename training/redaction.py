@@ -4,6 +4,7 @@ Kept free of heavy imports: the config parser (no MLflow) and the registry (MLfl
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit, urlunsplit
 
 USERINFO = re.compile(r"//[^/\s@]+@")  # user[:password]@ in any URI inside a text
 
@@ -11,3 +12,13 @@ USERINFO = re.compile(r"//[^/\s@]+@")  # user[:password]@ in any URI inside a te
 def mask_userinfo(text: str) -> str:
     """`text` with the user[:password]@ of every URI in it replaced by `***@`."""
     return USERINFO.sub("//***@", text)
+
+
+def redact_uri(uri: str) -> str:
+    """A tracking URI fit for a log or an artifact: credentials in it are replaced."""
+    parts = urlsplit(uri)
+    if parts.password is None and parts.username is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from training.config import PromotionConfig, RegistryConfig
 from training.launch.layout import RunLayout
 from training.model.export import CARD
-from training.redaction import mask_userinfo
+from training.redaction import mask_userinfo, redact_uri
 from training.release import plots
 from training.release.signature import input_example, model_signature
 
@@ -77,16 +76,6 @@ class Registered:
     aliases: list[str] = field(default_factory=list)
     run_url: str | None = None  # the run's page when the tracking URI is a server
     version_url: str | None = None  # the version's page, likewise
-
-
-def redact_uri(uri: str) -> str:
-    """A tracking URI fit for a log or an artifact: credentials in it are replaced."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str | None:
