@@ -91,6 +91,8 @@ def test_every_uri_inside_a_text_loses_its_credentials():
     from training.redaction import mask_userinfo
 
     text = "cannot reach http://bob:s3cret@mlflow:5000 nor s3://key@bucket/x; sqlite:////tmp/m.db is fine"
+    assert mask_userinfo("http://bob:p@ss@mlflow:5000/x and me@example.com") == \
+        "http://***@mlflow:5000/x and me@example.com"
     assert mask_userinfo(text) == "cannot reach http://***@mlflow:5000 nor s3://***@bucket/x; sqlite:////tmp/m.db is fine"
 
 

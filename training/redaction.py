@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-USERINFO = re.compile(r"//[^/\s@]+@")  # user[:password]@ in any URI inside a text
+# user[:password]@ in any URI inside a text, up to the last `@` before the path: a password that
+# holds an unescaped `@` is masked whole
+USERINFO = re.compile(r"//[^/\s]+@")
 
 
 def mask_userinfo(text: str) -> str:
