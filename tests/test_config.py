@@ -145,6 +145,9 @@ def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
     stages = SCHEDULES["mtdnn"].plan(cfg.training, names, auxiliary)
     assert [(s.name, s.tasks) for s in stages] == [("multitask", names)] + [
         (f"finetune-{t}", [t]) for t in ("pos", "ner", "sst2", "rte")]
+    rates = {s.name: s.training.learning_rate for s in stages}
+    assert rates == {"multitask": 1e-4, "finetune-pos": 1e-4, "finetune-ner": 1e-4, "finetune-sst2": 1e-4,
+                     "finetune-rte": 5e-5}  # RTE's own rate, chosen on dev (README)
     spec = importlib.util.spec_from_file_location("mtl_quality", ROOT / "bench" / "mtl_quality.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
