@@ -88,21 +88,25 @@ def test_promotion_at_the_boundary_with_a_real_store(tmp_path):
     assert store.client.get_model_version("m", at).tags["mtl.previous_champion"] == first
 
 
-def test_the_flows_promote_task_refuses_and_keeps_the_champion(tmp_path, prefect_engine):
+def gate_only_flow(store: Store, promotion: PromotionConfig):
+    """A flow that runs only the retrain flow's promote task, on a version of `store`."""
     from prefect import flow
 
     from flows.tasks import promote
 
-    store = Store(tmp_path)
-    promotion = PromotionConfig(tolerance=0.005)
     specs = [TaskSpec(name="pos", type="token_classification", labels=["NOUN"]),
              TaskSpec(name="ner", type="token_classification", labels=["B-PER", "I-PER", "O"], label_scheme="bio")]
 
     @flow(name="gate-only")
     def gate_only(version: str) -> dict:
-        registered = {"tracking_uri": store.uri, "model_name": "m", "version": version}
-        return promote(registered, specs, promotion)
+        return promote({"tracking_uri": store.uri, "model_name": "m", "version": version}, specs, promotion)
 
+    return gate_only
+
+
+def test_the_flows_promote_task_refuses_and_keeps_the_champion(tmp_path, prefect_engine):
+    store = Store(tmp_path)
+    gate_only = gate_only_flow(store, PromotionConfig(tolerance=0.005))
     first = store.version(dev(0.862, 0.75))
     assert gate_only(first) == {"promoted": True, "reasons": []}
     worse = store.version(dev(0.857, 0.7449))  # pos exactly at the boundary, ner just below it
@@ -118,20 +122,11 @@ def test_a_promotion_waits_for_the_alias_and_gates_against_the_champion_it_finds
     import threading
     import time
 
-    from prefect import flow
-
     from flows.alias_lock import alias_lock, lock_name
-    from flows.tasks import promote
 
     store = Store(tmp_path)
     promotion = PromotionConfig(tolerance=0.0)
-    specs = [TaskSpec(name="pos", type="token_classification", labels=["NOUN"]),
-             TaskSpec(name="ner", type="token_classification", labels=["B-PER", "I-PER", "O"], label_scheme="bio")]
-
-    @flow(name="gate-only")
-    def gate_only(version: str) -> dict:
-        return promote({"tracking_uri": store.uri, "model_name": "m", "version": version}, specs, promotion)
-
+    gate_only = gate_only_flow(store, promotion)
     old = store.version(dev(0.80, 0.60))
     assert gate_only(old)["promoted"] is True
     middle, best = store.version(dev(0.85, 0.65)), store.version(dev(0.90, 0.70))
