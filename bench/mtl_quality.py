@@ -36,6 +36,7 @@ from typing import Any
 from data_prep.cache import ArtifactCache  # noqa: E402
 from data_prep.config import TaskDataConfig, TokenizeConfig  # noqa: E402
 from data_prep.sources import default_data_dir  # noqa: E402
+from flows.cli import set_item  # noqa: E402
 from training.evaluation.affinity import affinity_from_export, affinity_markdown  # noqa: E402
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
 from training.evaluation.evaluate import evaluate_model  # noqa: E402
@@ -113,7 +114,7 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     from training.model.export import read_card
     from training.model.multitask import resolve_encoder_path
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, dict(args.set))
     encoder_path = resolve_encoder_path(cfg.encoder.name_or_path)
     started = time.time()
     prepared = prepare_tasks(cfg.tasks, cfg.resolved_data_dir(), encoder_path, cfg.encoder.max_length, cfg.tokenize,
@@ -193,10 +194,13 @@ def write_config_results(out: Path, args: argparse.Namespace, names: list[str],
             verdict[name] = {"at_least_single_on_every_task": all(s[t] >= single[t] for t in names),
                              "gain_over_single": {t: round(s[t] - single[t], 2) for t in names},
                              "steps_over_single_steps": round(row["steps"] / baseline["steps"], 2)}
-    result = {"config": args.config, "settings": settings, "rows": rows, "target": verdict, "wall_s": round(wall_s, 1)}
+    result = {"config": args.config, "overrides": dict(args.set), "settings": settings, "rows": rows,
+              "target": verdict, "wall_s": round(wall_s, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     md = markdown(names, rows) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in settings.items()) + "\n"
+    if args.set:
+        md += f"- overrides on {args.config}: {json.dumps(dict(args.set))}\n"
     md += "\ntarget check: " + json.dumps(verdict) + "\n"
     out.with_suffix(".md").write_text(md)
 
@@ -225,10 +229,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--single-steps", type=int, default=None,
                         help="with --config, steps of each one-model-per-task baseline (default: the staged run's "
                              "total steps over the main tasks, the same compute); the JSON gives the compute ratio")
+    parser.add_argument("--set", action="append", type=set_item, default=[], metavar="KEY=VALUE",
+                        help="with --config, a field set on top of the file (dotted key, YAML value; "
+                             "repeatable), e.g. --set training.schedule_params.finetune_steps=500; give the "
+                             "variant its own --out or --work (a run already in --work is only evaluated)")
     parser.add_argument("--runs", default=",".join(CONFIG_RUNS),
                         help="with --config, which runs (a run whose model is already in --work is evaluated, "
                              "not trained again)")
     args = parser.parse_args(argv)
+    if args.set and not args.config:
+        parser.error("--set changes a pipeline config: give it with --config")
     if unknown := set(args.runs.split(",")) - set(CONFIG_RUNS):  # before any data is read
         parser.error(f"--runs: unknown run(s) {sorted(unknown)}; choose from {','.join(CONFIG_RUNS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -6,8 +6,9 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
-from flows.config import REFUSED, ConfigError, check_config, load_config, semantic_problems
+from flows.config import REFUSED, ConfigError, check_config, load_config, parse_set, semantic_problems
 
 
 def _quiet_defaults() -> None:
@@ -22,7 +23,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from data_prep.errors import DataValidationError
     from data_prep.ingest import TaskData, validate_tasks
 
-    config = load_config(args.config)
+    config = load_config(args.config, dict(args.set))
     problems = semantic_problems(config)
     loaded: dict[str, TaskData] = {}
     try:
@@ -47,7 +48,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = load_config(args.config, dict(args.set))
     check_config(config, args.config)  # before a Prefect server is even started
     from flows.retrain import retrain
 
@@ -86,6 +87,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def set_item(item: str) -> tuple[str, Any]:
+    try:
+        return parse_set(item)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_set(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--set", action="append", type=set_item, default=[], metavar="KEY=VALUE",
+                         help="set a config field on top of the file, by its dotted key, the value as YAML "
+                              "(repeatable): --set training.steps=200 --set tasks.pos.max_train_examples=2000")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtl", description="Multi-task NLP training pipeline")
     sub = p.add_subparsers(dest="command", required=True)
@@ -95,9 +109,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="go on in this earlier run's folder (<storage.root>/runs/<name>-<id>), from its newest "
                           "sound checkpoint, e.g. after its flow process was killed")
+    add_set(run)
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check config and data without training")
     val.add_argument("config")
+    add_set(val)
     val.set_defaults(func=cmd_validate)
     pro = sub.add_parser("promote", help="point the champion alias at a model version (promote or roll back)")
     pro.add_argument("model_name")

@@ -114,6 +114,35 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
     return parse_config(apply_overrides(raw, overrides, source), source)
 
 
+def parse_set(item: str) -> tuple[str, Any]:
+    """A command line's `--set KEY=VALUE`: a dotted key (see `apply_overrides`) and a YAML value,
+    e.g. `training.steps=200`, `tasks.*.max_train_examples=2000` or
+    `training.schedule_params={finetune_steps: 500, finetune_learning_rates: {rte: 3.0e-5}}`."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"{mask_userinfo(item)!r} is not KEY=VALUE (e.g. training.steps=200)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{key.strip()}: the value is not YAML ({getattr(exc, 'problem', None) or exc}); "
+                         "quote it for the shell, e.g. training.schedule_params='{finetune_steps: 500}'") from None
+    return key.strip(), _exponent_floats(value)
+
+
+_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def _exponent_floats(value: Any) -> Any:
+    """`3e-5` as the number YAML 1.2 reads (PyYAML's YAML 1.1 keeps it a string without a dot)."""
+    if isinstance(value, str) and _EXPONENT.match(value):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _exponent_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_exponent_floats(v) for v in value]
+    return value
+
+
 def run_overrides(fields: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """A deployment's typed fields (None: not set) and its free dotted-key `overrides`, which win."""
     return {**{key: value for key, value in fields.items() if value is not None}, **(overrides or {})}

@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger, task
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.alias_lock import alias_lock  # noqa: E402
 from flows.config import StorageConfig  # noqa: E402
 from training.config import RegistryConfig  # noqa: E402
 from training.release.registry import aliases_of, set_champion, tracking_uri  # noqa: E402
@@ -21,7 +22,8 @@ from training.release.registry import aliases_of, set_champion, tracking_uri  # 
 
 @task(name="set-alias", retries=2, retry_delay_seconds=5)
 def set_alias(uri: str, model_name: str, version: str, alias: str) -> str | None:
-    return set_champion(uri, model_name, version, alias)
+    with alias_lock(model_name, alias):  # never in the middle of a run's gate and promotion
+        return set_champion(uri, model_name, version, alias)
 
 
 @flow(name="promote", description="Move the champion alias to a chosen model version (promotion or rollback).")

@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 from data_prep.cache import ArtifactCache
 from data_prep.config import TaskDataConfig, TokenizeConfig
 from data_prep.stage import atomic_write_text, ingest_cached, tokenize_cached
+from flows.alias_lock import alias_lock
 from flows.config import REFUSED, ConfigError, PipelineConfig, StorageConfig, check_config
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model.multitask import resolve_encoder_path
@@ -329,8 +330,9 @@ def promote(registered: dict[str, Any], specs: list[TaskSpec], promotion: Promot
     if not promotion.enabled:
         return {"promoted": False, "reasons": ["promotion disabled in config"]}
     primary = {s.name: s.primary_metric for s in exported(specs)}
-    promoted, reasons = promote_if_better(registered["tracking_uri"], registered["model_name"],
-                                          registered["version"], primary, promotion)
+    with alias_lock(registered["model_name"], promotion.alias):  # a run finishing beside this one waits
+        promoted, reasons = promote_if_better(registered["tracking_uri"], registered["model_name"],
+                                              registered["version"], primary, promotion)
     verdict = "promoted to " + promotion.alias if promoted else "kept as challenger: " + "; ".join(reasons)
     logger.info("version %s %s", registered["version"], verdict)
     create_markdown_artifact(f"**{registered['model_name']} v{registered['version']}**: {verdict}",

@@ -1,6 +1,7 @@
 """The typed config: shipped configs parse, problems are collected and name their keys."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,20 @@ def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
     assert single.schedule == "single" and single.eval_every == cfg.training.eval_every
     assert 4 * single.steps == bench.total_steps(cfg.training, names, auxiliary) == 7000  # the same compute
     assert bench.single_task_training(cfg.training, names, auxiliary, 1000).steps == 1000  # --single-steps
+
+
+def test_set_on_the_command_line_is_a_dotted_key_and_a_yaml_value(tmp_path):
+    from flows.config import parse_set
+
+    assert parse_set("training.steps=200") == ("training.steps", 200)
+    assert parse_set("training.schedule_params={finetune_learning_rates: {rte: 3e-5}}") == \
+        ("training.schedule_params", {"finetune_learning_rates": {"rte": 3e-5}})
+    assert parse_set("tasks.pos.dev=ud/dev.conllu") == ("tasks.pos.dev", "ud/dev.conllu")
+    assert parse_set("encoder.name_or_path=1e-3x") == ("encoder.name_or_path", "1e-3x")
+    for bad, says in [("training.steps", "is not KEY=VALUE"), ("=3", "is not KEY=VALUE"),
+                      ("training.schedule_params={a: [1,", "training.schedule_params: the value is not YAML")]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            parse_set(bad)
+    with pytest.raises(ValueError) as err:
+        parse_set("http://bob:s3cret@mlflow:5000")
+    assert "s3cret" not in str(err.value)

@@ -88,21 +88,25 @@ def test_promotion_at_the_boundary_with_a_real_store(tmp_path):
     assert store.client.get_model_version("m", at).tags["mtl.previous_champion"] == first
 
 
-def test_the_flows_promote_task_refuses_and_keeps_the_champion(tmp_path, prefect_engine):
+def gate_only_flow(store: Store, promotion: PromotionConfig):
+    """A flow that runs only the retrain flow's promote task, on a version of `store`."""
     from prefect import flow
 
     from flows.tasks import promote
 
-    store = Store(tmp_path)
-    promotion = PromotionConfig(tolerance=0.005)
     specs = [TaskSpec(name="pos", type="token_classification", labels=["NOUN"]),
              TaskSpec(name="ner", type="token_classification", labels=["B-PER", "I-PER", "O"], label_scheme="bio")]
 
     @flow(name="gate-only")
     def gate_only(version: str) -> dict:
-        registered = {"tracking_uri": store.uri, "model_name": "m", "version": version}
-        return promote(registered, specs, promotion)
+        return promote({"tracking_uri": store.uri, "model_name": "m", "version": version}, specs, promotion)
 
+    return gate_only
+
+
+def test_the_flows_promote_task_refuses_and_keeps_the_champion(tmp_path, prefect_engine):
+    store = Store(tmp_path)
+    gate_only = gate_only_flow(store, PromotionConfig(tolerance=0.005))
     first = store.version(dev(0.862, 0.75))
     assert gate_only(first) == {"promoted": True, "reasons": []}
     worse = store.version(dev(0.857, 0.7449))  # pos exactly at the boundary, ner just below it
@@ -110,3 +114,44 @@ def test_the_flows_promote_task_refuses_and_keeps_the_champion(tmp_path, prefect
     assert decision["promoted"] is False
     assert decision["reasons"] == ["ner entity_f1 0.7449 < champion 0.7500 - 0.005"]
     assert store.champion() == first
+
+
+def test_a_promotion_waits_for_the_alias_and_gates_against_the_champion_it_finds(tmp_path, prefect_engine):
+    """Another run holding the alias (mid-promotion) makes this run's promote task wait; once it is
+    released, the gate compares with the champion that run left, not the one there before."""
+    import threading
+    import time
+
+    from flows.alias_lock import alias_lock, lock_name
+
+    store = Store(tmp_path)
+    promotion = PromotionConfig(tolerance=0.0)
+    gate_only = gate_only_flow(store, promotion)
+    old = store.version(dev(0.80, 0.60))
+    assert gate_only(old)["promoted"] is True
+    middle, best = store.version(dev(0.85, 0.65)), store.version(dev(0.90, 0.70))
+    decisions: list[dict] = []
+    with alias_lock("m", "champion"):  # the other run, between reading the champion and moving it
+        waiting = threading.Thread(target=lambda: decisions.append(gate_only(middle)))
+        waiting.start()
+        time.sleep(8)  # ample for the flow and its gate to have run, had it not waited
+        assert decisions == [] and store.champion() == old
+        assert promote_if_better(store.uri, "m", best, PRIMARY, promotion) == (True, [])
+    waiting.join(timeout=120)
+    assert decisions[0]["promoted"] is False, decisions
+    assert "pos accuracy 0.8500 < champion 0.9000 - 0.0" in decisions[0]["reasons"]
+    assert store.champion() == best
+    assert lock_name("m/x", "champion") == "mlflow-alias-m_x.champion"
+
+
+def test_the_promote_flow_rolls_the_alias_back_under_the_same_lock(tmp_path, prefect_engine):
+    from flows.promote import promote as promote_flow
+
+    store = Store(tmp_path)
+    first, second = store.version(dev(0.8, 0.6)), store.version(dev(0.9, 0.7))
+    promotion = PromotionConfig(tolerance=0.0)
+    for version in (first, second):
+        assert promote_if_better(store.uri, "m", version, PRIMARY, promotion) == (True, [])
+    back = promote_flow("m", first, tracking_uri_override=store.uri, state_dir=str(tmp_path))
+    assert back["previous"] == second and "champion" in back["aliases"] and store.champion() == first
+    assert store.client.get_model_version("m", first).tags["mtl.previous_champion"] == second

@@ -50,3 +50,17 @@ def test_refused_before_training(case, command, tiny_encoder, data_dir, tmp_path
         assert not client.search_model_versions(), "nothing may be registered"
         runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
         assert runs and all(r.info.status == "FAILED" and "mtl.failure" in r.data.tags for r in runs)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_set_on_the_command_line_is_checked_with_the_file(command, tiny_encoder, data_dir, tmp_path, capsys):
+    state = tmp_path / "state"
+    path = write_config(tmp_path, tiny_config(tiny_encoder, state, data_dir))
+    assert main([command, path, "--set", "training.stepz=3", "--set", "tasks.sst2.label_column=sentiment"]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} with overrides training.stepz, tasks.sst2.label_column" in err
+    assert "training.stepz: Extra inputs are not permitted (got 3)" in err
+    assert not list(state.glob("runs/*")), "nothing may start"
+    with pytest.raises(SystemExit):
+        main([command, path, "--set", "training.steps"])
+    assert "argument --set: 'training.steps' is not KEY=VALUE" in capsys.readouterr().err

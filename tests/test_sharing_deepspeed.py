@@ -76,7 +76,8 @@ def test_mtdnn_schedule_fine_tunes_from_the_multitask_stage(demo, tmp_path):
     assert card["sharing"] == "multi_encoder" and card["sharing_params"] == {"task_encoders": ["sst2"]}
     assert card["head_stage"] == {"pos": "multitask", "ner": "multitask", "sst2": "finetune-sst2"}
     stages = {s["name"]: s for s in card["schedule"]["stages"]}
-    assert stages["finetune-sst2"]["init_from"] == "multitask" and stages["finetune-sst2"]["steps"] == 4
+    tuned = stages["finetune-sst2"]
+    assert tuned["init_from"] == "multitask" and tuned["init_task"] == "sst2" and tuned["steps"] == 4
     assert [r["step"] for r in rows(tmp_path / "stages" / "multitask")] == [2, 4, 6]
     assert [r["step"] for r in rows(tmp_path / "stages" / "finetune-sst2")] == [2, 4]
     assert not (tmp_path / "train_metrics.jsonl").exists()

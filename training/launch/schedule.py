@@ -41,6 +41,8 @@ class Stage(BaseModel):
     tasks: list[str]
     training: TrainingConfig
     init_from: str | None = Field(None, description="an earlier stage whose export this one starts from")
+    init_task: str | None = Field(None, description="start from this task's own weights in that export (its "
+                                  "encoder copy where the export keeps one per task); none: the export as a whole")
 
 
 def params_problems(model: type[BaseModel], params: dict[str, Any]) -> list[str]:
@@ -128,7 +130,7 @@ class MtdnnSchedule:
             own = tuned.model_copy(update={"learning_rate": params.finetune_learning_rates[task]}) \
                 if task in params.finetune_learning_rates else tuned
             stages.append(Stage(name=f"finetune-{task}", role="finetune", tasks=[task], training=own,
-                                init_from="multitask"))
+                                init_from="multitask", init_task=task))
         return stages
 
     @staticmethod
@@ -204,7 +206,7 @@ def stage_card(stage: Stage, export: str) -> dict[str, Any]:
     return {"name": stage.name, "role": stage.role, "tasks": stage.tasks, "steps": stage.training.steps,
             "learning_rate": stage.training.learning_rate,
             "sharing": stage.training.sharing, "weighting": stage.training.weighting,
-            "init_from": stage.init_from, "export": export}
+            "init_from": stage.init_from, "init_task": stage.init_task, "export": export}
 
 
 SCHEDULES: dict[str, Any] = {"single": SingleSchedule, "mtdnn": MtdnnSchedule}

@@ -23,6 +23,7 @@ class WorkerSpec(BaseModel):
     export_dir: str
     metrics_file: str
     init_from: str | None = Field(None, description="an export whose weights the model starts from (warm start)")
+    init_task: str | None = Field(None, description="the task of init_from whose own weights the model starts from")
     stage: str = Field("", description="the schedule stage this run is, for the model card")
 
     @field_serializer("deepspeed")

@@ -55,7 +55,8 @@ def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list
                       features={t: features[t] for t in stage.tasks},
                       dev={t: d for t, d in (dev or {}).items() if t in stage.tasks}, checkpoint_dir=checkpoints,
                       checkpoint_staging_dir=staging, export_dir=str(export_dir),
-                      metrics_file=str(layout.metrics_file(stage.name)), init_from=init_from, stage=stage.name)
+                      metrics_file=str(layout.metrics_file(stage.name)), init_from=init_from,
+                      init_task=stage.init_task, stage=stage.name)
     spec_path = layout.spec_file(stage.name)
     atomic_write_text(spec_path, spec.model_dump_json(indent=2))
     hostfile = training.hostfile

@@ -74,8 +74,8 @@ def train(spec: WorkerSpec) -> None:
                         cfg.sharing_params, weighting.module(), spec.encoder.attn_implementation)
     if spec.init_from:
         start = export_weights(spec.init_from)
-        if len(spec.tasks) == 1:  # a fine-tuning stage: its task's own weights where the export has them
-            start = task_view(spec.tasks[0].name, start)
+        if spec.init_task:  # a fine-tuning stage: its task's own weights where the export has them
+            start = task_view(spec.init_task, start)
         load_matching(model, start)
     engine = Engine(model, spec.deepspeed, cfg)
     if rank == 0:
