@@ -133,6 +133,10 @@ class TaskDataConfig(BaseModel):
     max_train_examples: int | None = Field(None, gt=0, description="subsample train to this many (seeded)")
     max_dev_examples: int | None = Field(None, gt=0, description="subsample dev to this many (seeded)")
     sample_seed: int = 13
+    max_label_shift: float | None = Field(
+        None, ge=0, le=1, description="refuse the run when train's label distribution moved further than this "
+                                      "(total variation distance, 0 same to 1 disjoint) from the champion's "
+                                      "training data; unset: reported, never refused")
 
     @field_validator("labels", mode="before")
     @classmethod

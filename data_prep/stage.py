@@ -22,8 +22,8 @@ from data_prep.tokenize import tokenize_with_stats
 
 # settings that only tokenization reads: changing them must not redo ingest
 TOKENIZE_ONLY = {"label_alignment"}
-# settings that only training reads: changing them must redo neither step
-TRAINING_ONLY = {"auxiliary"}
+# settings that only training (or the flow's checks around it) reads: changing them must redo neither step
+TRAINING_ONLY = {"auxiliary", "max_label_shift"}
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
