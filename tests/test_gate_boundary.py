@@ -1,7 +1,8 @@
 """The promotion gate at its boundary: a task exactly at the champion's score minus the tolerance
 passes, one just below is refused. Metrics and tolerances are decimals held as binary floats, so
 "exactly at" must survive the subtraction's rounding (0.8 - 0.1 is 0.7000000000000001). Checked
-on the gate itself, through `promote_if_better` on a real MLflow database store, and through the
+on the gate itself (training/release/gate.py), through `promote_if_better` (which decides with
+`decide` and writes with `promote_with_report`) on a real MLflow database store, and through the
 flow's promote task on a real Prefect engine (the refuse path)."""
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from mlflow import MlflowClient
 
 from training.config import PromotionConfig
-from training.release.registry import gate, metric_key, promote_if_better
+from training.release.gate import gate, metric_key
+from training.release.registry import promote_if_better
 from training.task_spec import TaskSpec
 
 BELOW = 1e-6  # "just below": finer than any dev-set metric's resolution
@@ -47,21 +49,30 @@ def test_primary_metrics_the_gate_compares():
 class Store:
     """A real MLflow database store with versions of one model, each a run with dev metrics."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, model: str = "m") -> None:
         self.uri = f"sqlite:///{folder / 'mlflow.db'}"
         self.client = MlflowClient(self.uri)
         self.experiment = self.client.create_experiment("gate", artifact_location=(folder / "artifacts").as_uri())
-        self.client.create_registered_model("m")
+        self.model = model
+        self.client.create_registered_model(model)
+
+    def another(self, model: str) -> "Store":
+        """The same store, versions of another model (tests share one database, each its own model)."""
+        other = object.__new__(Store)
+        other.uri, other.client, other.experiment, other.model = self.uri, self.client, self.experiment, model
+        self.client.create_registered_model(model)
+        return other
 
     def version(self, metrics: dict[str, float]) -> str:
         run = self.client.create_run(self.experiment)
         for key, value in metrics.items():
             self.client.log_metric(run.info.run_id, key, value)
         self.client.set_terminated(run.info.run_id)
-        return str(self.client.create_model_version("m", f"runs:/{run.info.run_id}/model", run.info.run_id).version)
+        source = f"runs:/{run.info.run_id}/model"
+        return str(self.client.create_model_version(self.model, source, run.info.run_id).version)
 
     def champion(self) -> str:
-        return str(self.client.get_model_version_by_alias("m", "champion").version)
+        return str(self.client.get_model_version_by_alias(self.model, "champion").version)
 
 
 PRIMARY = {"pos": "accuracy", "ner": "entity_f1"}
@@ -108,7 +119,8 @@ def test_the_flows_promote_task_refuses_and_keeps_the_champion(tmp_path, prefect
     store = Store(tmp_path)
     gate_only = gate_only_flow(store, PromotionConfig(tolerance=0.005))
     first = store.version(dev(0.862, 0.75))
-    assert gate_only(first) == {"promoted": True, "reasons": []}
+    assert {k: v for k, v in gate_only(first).items() if k in ("promoted", "reasons")} == {"promoted": True,
+                                                                                          "reasons": []}
     worse = store.version(dev(0.857, 0.7449))  # pos exactly at the boundary, ner just below it
     decision = gate_only(worse)
     assert decision["promoted"] is False
@@ -152,6 +164,8 @@ def test_the_promote_flow_rolls_the_alias_back_under_the_same_lock(tmp_path, pre
     promotion = PromotionConfig(tolerance=0.0)
     for version in (first, second):
         assert promote_if_better(store.uri, "m", version, PRIMARY, promotion) == (True, [])
-    back = promote_flow("m", first, tracking_uri_override=store.uri, state_dir=str(tmp_path))
+    back = promote_flow("m", int(first), reason="v2 misbehaves in production", by="ops",
+                        tracking_uri_override=store.uri, state_dir=str(tmp_path))
     assert back["previous"] == second and "champion" in back["aliases"] and store.champion() == first
     assert store.client.get_model_version("m", first).tags["mtl.previous_champion"] == second
+    assert store.client.get_model_version("m", first).tags["mtl.promoted_by"] == "ops"

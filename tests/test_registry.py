@@ -9,7 +9,8 @@ from mlflow import MlflowClient
 from training.config import PromotionConfig, RegistryConfig
 from training.model.export import write_export
 from training.model.multitask import build_model
-from training.release.registry import gate, metric_key, promote_if_better, register_model, set_champion
+from training.release.gate import gate, metric_key
+from training.release.registry import promote_if_better, register_model, set_champion
 from training.task_spec import TaskSpec
 
 PRIMARY = {"pos": "accuracy", "ner": "entity_f1"}

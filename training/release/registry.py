@@ -1,5 +1,6 @@
 """MLflow: one run per flow run (opened at its start, closed at its end), the multi-head model
-registered from it, the gate and the aliases.
+registered from it, the gate's report written on the version, and the alias moves (each recorded
+on the registered model for the audit trail, audit.py). The gate's decision itself is gate.py.
 
 Idempotent by a run key (the run folder's name, which carries the Prefect flow run id): a retried
 or rerun task finds the run and the version it already made instead of making another. Every call
@@ -8,6 +9,7 @@ MLflow's process-wide URIs (logging the model) runs with them pinned and then re
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import tempfile
@@ -15,8 +17,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 from mlflow import MlflowClient
@@ -32,8 +35,11 @@ from training.launch.layout import RunLayout
 from training.model.export import CARD
 from training.redaction import mask_userinfo, redact_uri
 from training.release import plots
+from training.release.gate import (GATE_END, GATE_SLACK, GateReport, decide, gate, gate_table,  # noqa: F401
+                                   metric_key, nested)
 from training.release.signature import input_example, model_signature
 
+AliasMove = Literal["pipeline", "promote", "rollback"]
 RUN_KEY = "mtl.run_key"
 CARD_ARTIFACT = "card"  # the exported model card, logged beside the model for cheap lookups
 PACKAGE_DIRS = [str(Path(__file__).resolve().parents[2] / p) for p in ("training", "data_prep")]
@@ -61,10 +67,6 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None
     if found is not None:
         return found.experiment_id
     return client.create_experiment(name, artifact_location=artifact_root)
-
-
-def metric_key(task: str, metric: str) -> str:
-    return f"dev.{task}.{metric}"
 
 
 @dataclass
@@ -232,8 +234,9 @@ def run_files(run_dir: str | Path, export_dir: str | Path) -> tuple[dict[str, st
 
 
 def training_curves(logs: dict[str, str]) -> list[Metric]:
-    """Step metrics from the workers' training logs: the loss of the task(s) trained at each logged
-    step, the learning rate and the task weights, and each evaluation during training's dev metrics
+    """Step metrics from the workers' training logs: each task's mean loss since the previous log
+    line (`task_losses`; a log from before it had the logged step's task only), the learning rate
+    and the task weights, and each evaluation during training's dev metrics
     (`<prefix>.dev.<task>.<metric>`); a staged run's stages apart (`train.<stage>.`)."""
     out: list[Metric] = []
     for stage, path in logs.items():
@@ -381,7 +384,7 @@ def champion_labels(uri: str, model_name: str, alias: str) -> dict[str, list[str
 
 
 def _with_alias(client: MlflowClient, name: str, version: ModelVersion, ref: RunRef, alias: str) -> Registered:
-    client.set_registered_model_alias(name, alias, version.version)
+    move_alias(client, name, str(version.version), alias, "pipeline", remember_previous=False)
     return Registered(name, str(version.version), ref.run_id, ref.tracking_uri,
                       aliases_of(client, name, version.version), ref.run_url,
                       version_url(ref.tracking_uri, name, str(version.version)))
@@ -409,87 +412,149 @@ def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, fl
     return dict(client.get_run(version.run_id).data.metrics)
 
 
-# Metrics and tolerances are decimals held as binary floats: 0.8 - 0.1 is 0.7000000000000001, so
-# without this slack a challenger exactly at champion - tolerance would be refused by rounding.
-GATE_SLACK = 1e-9
+class RegistryRefusal(ValueError):
+    """A registry request that cannot succeed as asked (no such version, nothing to roll back to,
+    no reason given): said in one line, never retried."""
 
 
-def gate(challenger: dict[str, float], champion: dict[str, float], primary: dict[str, str],
-         tolerance: float) -> list[str]:
-    """Reasons the challenger may not replace the champion (empty: it may)."""
-    reasons = []
-    for task, metric in sorted(primary.items()):
-        key = metric_key(task, metric)
-        if key in champion and challenger.get(key, float("-inf")) < champion[key] - tolerance - GATE_SLACK:
-            reasons.append(f"{task} {metric} {challenger.get(key, float('nan')):.4f} < champion "
-                           f"{champion[key]:.4f} - {tolerance}")
-    for key in champion:
-        task = key.split(".")[1] if key.startswith("dev.") else None
-        if task and task not in primary:
-            reasons.append(f"task {task} of the champion is missing from the challenger")
-            break
-    return reasons
+GATE_TAG = "mtl.gate"
+MAX_TAG_VALUE = 5000  # far below MLflow's limit for version tags; a gate text or a reason stays readable
 
 
-GATE_END = "<!-- gate -->"  # what follows it in a version's description is the registration note
+def alias_holder(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
+    """The version `alias` points at; None when the alias (or the model) does not exist yet."""
+    try:
+        return client.get_model_version_by_alias(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
-def gate_table(mine: dict[str, float], held: dict[str, float] | None, primary: dict[str, str],
-               held_name: str | None) -> str:
-    """Each task's primary metric, this version's and the champion's, as a markdown table."""
-    head = "| task | metric | this version |" + (f" {held_name} |" if held is not None else "")
-    rule = "|---|---|---|" + ("---|" if held is not None else "")
-    rows = []
-    for task, metric in sorted(primary.items()):
-        key = metric_key(task, metric)
-        cells = [task, metric, f"{mine.get(key, float('nan')):.4f}"]
-        if held is not None:
-            cells.append(f"{held[key]:.4f}" if key in held else "-")
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join([head, rule, *rows])
+def require_store(uri: str) -> None:
+    """A RegistryRefusal when a sqlite store does not exist: a mistyped state folder is not made a new, empty store."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise RegistryRefusal(f"no MLflow store at {uri}: pass --tracking-uri (or the flow's tracking_uri_override), "
+                              "set MLFLOW_TRACKING_URI, or --state-dir for the folder holding mlflow.db")
+
+
+def require_model(client: MlflowClient, model_name: str) -> None:
+    """A RegistryRefusal naming the registered models when `model_name` is not one of them."""
+    if client.search_registered_models(f"name = '{model_name}'"):
+        return
+    models = sorted(m.name for m in client.search_registered_models(max_results=100))
+    raise RegistryRefusal(f"no registered model named {model_name}; models: {', '.join(models) or 'none yet'}")
+
+
+def require_version(client: MlflowClient, model_name: str, version: str | int) -> ModelVersion:
+    """The version, or a RegistryRefusal naming the versions (or the models) that exist."""
+    text = str(version).strip()
+    if text.isdigit():
+        try:
+            return client.get_model_version(model_name, text)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+    require_model(client, model_name)
+    existing = sorted(int(v.version) for v in client.search_model_versions(f"name = '{model_name}'"))
+    listed = ", ".join(map(str, existing)) or "none yet"
+    raise RegistryRefusal(f"{model_name} has no version {text or '(empty)'}; versions: {listed}")
+
+
+def os_user() -> str:
+    """Who runs this process, for the audit trail (a container may have no passwd entry)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def alias_record_tag(alias: str) -> str:
+    """The registered model's tag holding the last recorded move of `alias` (audit.py reads it)."""
+    return f"mtl.{alias}_set_by"
+
+
+def record_alias_move(client: MlflowClient, model_name: str, alias: str, version: str, how: AliasMove,
+                      by: str | None = None) -> dict[str, str]:
+    """Record on the registered model who last moved `alias`, to which version, how and when, so a
+    move made elsewhere (the MLflow UI) shows as a mismatch (`audit.moved_by_hand`)."""
+    record = {"version": str(version), "by": by or os_user(), "at": utc_now(), "how": how}
+    client.set_registered_model_tag(model_name, alias_record_tag(alias), json.dumps(record))
+    return record
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def move_alias(client: MlflowClient, model_name: str, version: str, alias: str, how: AliasMove,
+               by: str | None = None, remember_previous: bool = True) -> str | None:
+    """The registry's one alias move: point `alias` at `version` and record the move; the holder it
+    replaces is tagged on `version` (`mtl.previous_<alias>`) for a rollback, unless
+    `remember_previous` is off (a rollback keeps the target's own earlier holder, so a second
+    rollback goes further back). Returns the previous holder's version."""
+    held = alias_holder(client, model_name, alias)
+    previous = None if held is None else str(held.version)
+    if remember_previous and previous and previous != str(version):
+        client.set_model_version_tag(model_name, str(version), f"mtl.previous_{alias}", previous)
+    client.set_registered_model_alias(model_name, alias, str(version))
+    record_alias_move(client, model_name, alias, str(version), how, by)
+    return previous
+
+
+def gate_description(report: GateReport, alias: str, table_title: str | None, registered_note: str) -> str:
+    """A gated version's description: the decision, the table, the notes, then the registration note."""
+    notes = "\n".join(f"- {note}" for note in report.notes)
+    parts = (report.decision_line(alias), f"**{table_title}**" if table_title else "", report.table(alias), notes,
+             GATE_END + registered_note)
+    return "\n\n".join(p for p in parts if p)
+
+
+def promote_with_report(uri: str, model_name: str, version: str, report: GateReport, alias: str = "champion",
+                        table_title: str | None = None, by: str | None = None) -> bool:
+    """Write the gate's report on `version` (tag `mtl.gate`: "passed" or the reasons; the
+    description; the challenger_vs_champion figure on its run) and move `alias` to it when the
+    report promotes. Call it holding the alias lock (flows.alias_lock), with a report decided
+    against the champion found under that lock. Returns whether the alias moved."""
+    client = client_for(uri)
+    candidate = require_version(client, model_name, version)
+    client.set_model_version_tag(model_name, candidate.version, GATE_TAG, report.verdict[:MAX_TAG_VALUE])
+    registered_note = (candidate.description or "").split(GATE_END, 1)[-1].strip()
+    client.update_model_version(model_name, candidate.version,
+                                description=gate_description(report, alias, table_title, registered_note))
+    nan = float("nan")
+    scores = {r.task: nan if r.challenger is None else r.challenger for r in report.rows}
+    held = None if report.champion_version is None else {r.task: nan if r.champion is None else r.champion
+                                                         for r in report.rows}
+    held_name = alias if report.champion_version is None else f"{alias} v{report.champion_version}"
+    log_images(client, candidate.run_id, {"challenger_vs_champion": plots.challenger_vs_champion(
+        scores, held, {r.task: r.metric for r in report.rows}, held_name, f"v{candidate.version}")})
+    if report.promoted:
+        move_alias(client, model_name, str(candidate.version), alias, "pipeline", by)
+    return report.promoted
 
 
 def promote_if_better(uri: str, model_name: str, version: str, primary: dict[str, str],
                       promotion: PromotionConfig) -> tuple[bool, list[str]]:
+    """The gate on the dev scores logged on each version's MLflow run at registration (the
+    champion's measured when it was trained): for callers without a same-run evaluation of the
+    champion. Returns (promoted, reasons)."""
     client = client_for(uri)
-    candidate = client.get_model_version(model_name, version)
-    try:
-        champion = client.get_model_version_by_alias(model_name, promotion.alias)
-    except MlflowException:
-        champion = None
-    if champion is not None and str(champion.version) == str(version):
+    candidate = require_version(client, model_name, version)
+    champion = alias_holder(client, model_name, promotion.alias)
+    if champion is not None and str(champion.version) == str(candidate.version):
         return True, []
-    mine = version_metrics(client, candidate)
-    held = None if champion is None else version_metrics(client, champion)
-    reasons = [] if held is None else gate(mine, held, primary, promotion.tolerance)
-    verdict = "passed" if not reasons else "; ".join(reasons)
-    client.set_model_version_tag(model_name, version, "mtl.gate", verdict)
-    against = "no champion yet" if champion is None else f"against {promotion.alias} v{champion.version}"
-    decision = (f"Gate {against}, tolerance {promotion.tolerance}: "
-                + ("passed, promoted to " + promotion.alias if not reasons else "refused: " + verdict))
-    held_name = None if champion is None else f"{promotion.alias} v{champion.version}"
-    registered_note = (candidate.description or "").split(GATE_END, 1)[-1].strip()
-    client.update_model_version(model_name, version, description="\n\n".join(
-        part for part in (decision, gate_table(mine, held, primary, held_name), GATE_END + registered_note) if part))
-    scores = {t: mine.get(metric_key(t, m), float("nan")) for t, m in primary.items()}
-    champion_scores = None if held is None else {t: held.get(metric_key(t, m), float("nan")) for t, m in primary.items()}
-    log_images(client, candidate.run_id, {"challenger_vs_champion": plots.challenger_vs_champion(
-        scores, champion_scores, primary, held_name or promotion.alias, f"v{version}")})
-    if reasons:
-        return False, reasons
-    set_champion(uri, model_name, version, promotion.alias)
-    return True, []
+    held = None if champion is None else nested(version_metrics(client, champion))
+    note = "scores as logged on each version's MLflow run when it was registered"
+    report = decide(nested(version_metrics(client, candidate)), held, primary, promotion.tolerance,
+                    None if champion is None else str(champion.version), [note])
+    promote_with_report(uri, model_name, str(candidate.version), report, promotion.alias)
+    return report.promoted, report.reasons
 
 
 def set_champion(uri: str, model_name: str, version: str, alias: str = "champion") -> str | None:
-    """Point `alias` at `version`; the previous holder is recorded on the new one for rollback."""
+    """Point `alias` at `version` (no gate); the previous holder is recorded on the new one for
+    rollback. Returns the previous holder's version."""
     client = client_for(uri)
-    client.get_model_version(model_name, version)  # fails clearly for a version that does not exist
-    try:
-        previous = str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        previous = None
-    if previous and previous != str(version):
-        client.set_model_version_tag(model_name, version, f"mtl.previous_{alias}", previous)
-    client.set_registered_model_alias(model_name, alias, version)
-    return previous
+    candidate = require_version(client, model_name, version)
+    return move_alias(client, model_name, str(candidate.version), alias, "pipeline")
