@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from training.config import (RETIRED_SHARING, DeepSpeedConfig, EncoderConfig, TrainingConfig, batching_problems,
-                             deepspeed_problems, engine_plan, training_problems)
+                             deepspeed_problems, engine_plan, init_from_kind, training_problems)
 from training.launch.schedule import SCHEDULES
 from training.lookup import lookup
 from training.model.sharing import SHARING
@@ -22,7 +22,7 @@ def config_problems(training: TrainingConfig, deepspeed: DeepSpeedConfig, tasks:
     aux = list(auxiliary or [])
     return (name_problems(training) + combination_problems(training, deepspeed, tasks)
             + schedule_problems(training, tasks, aux) + deepspeed_problems(deepspeed) + training_problems(training)
-            + evaluation_problems(training) + auxiliary_problems(training, tasks, aux)
+            + evaluation_problems(training) + auxiliary_problems(training, tasks, aux) + warm_start_problems(training)
             + (batching_problems(training, encoder) if encoder is not None else []))
 
 
@@ -41,6 +41,25 @@ def evaluation_problems(training: TrainingConfig) -> list[str]:
                         f"inside the shared model); set training.selection: mean to export the one step with the "
                         f"best mean of the tasks' primary dev metrics")
     return problems
+
+
+def warm_start_problems(training: TrainingConfig) -> list[str]:
+    """A local `training.init_from` must be an export folder here; the registry forms are resolved
+    (and their problems reported) when the flow fetches the model."""
+    if training.init_from is None:
+        return []
+    kind, parts = init_from_kind(training.init_from)
+    if kind != "folder":
+        return []
+    from training.model.export import CARD
+
+    folder = Path(parts["path"]).expanduser()
+    if not (folder / CARD).is_file():
+        what = "no such folder" if not folder.exists() else f"no {CARD} there, so not an exported model"
+        return [f"training.init_from: {training.init_from}: {what}; give an export folder (a run's model/ folder), "
+                f"champion, models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/model, or remove init_from "
+                f"to start from the base encoder"]
+    return []
 
 
 def auxiliary_problems(training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[str]:

@@ -14,6 +14,10 @@
   sample (the fine-tuned one on ties): fine-tuning that does not help never replaces the
   multi-task weights.
 
+A warm start (`training.init_from`) is not a stage: `train_model` starts every stage without an
+`init_from` of its own (the single stage, mtdnn's multi-task stage) from that model, and the
+fine-tuning stages from the multi-task stage as before.
+
 Contract of a schedule: `Params` (pydantic), `config_problems(training, tasks, auxiliary)`,
 `plan(training, tasks, auxiliary) -> [Stage]` and `assemble(stages, exports, out_dir, log) -> export
 folder`. One registry: `SCHEDULES`.
@@ -40,7 +44,8 @@ class Stage(BaseModel):
     role: str = Field(description="what the stage is for, written on the model card")
     tasks: list[str]
     training: TrainingConfig
-    init_from: str | None = Field(None, description="an earlier stage whose export this one starts from")
+    init_from: str | None = Field(None, description="an earlier stage whose export this one starts from (none: "
+                                  "the base encoder, or the warm start's model when training.init_from is set)")
     init_task: str | None = Field(None, description="start from this task's own weights in that export (its "
                                   "encoder copy where the export keeps one per task); none: the export as a whole")
 

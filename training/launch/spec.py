@@ -24,6 +24,9 @@ class WorkerSpec(BaseModel):
     metrics_file: str
     init_from: str | None = Field(None, description="an export whose weights the model starts from (warm start)")
     init_task: str | None = Field(None, description="the task of init_from whose own weights the model starts from")
+    init_source: dict[str, str | None] | None = Field(
+        None, description="where the run's weights started when it warm-starts from a registered model or another "
+                          "run's export (uri, model_name, version, run_id), written on the model card as init_from")
     stage: str = Field("", description="the schedule stage this run is, for the model card")
 
     @field_serializer("deepspeed")

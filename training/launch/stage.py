@@ -39,9 +39,11 @@ def launcher_env() -> dict[str, str]:
 
 def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list[TaskSpec],
                  features: dict[str, str], layout: RunLayout, stage: Stage, log: Callable[[str], None],
-                 init_from: str | None = None, dev: dict[str, str] | None = None) -> str:
+                 init_from: str | None = None, dev: dict[str, str] | None = None,
+                 init_source: dict[str, str | None] | None = None) -> str:
     """Run `stage` (this node's part of it); returns its export folder (written by node 0). `dev`:
-    each task's validated dev examples, for evaluation during training."""
+    each task's validated dev examples, for evaluation during training. `init_from`: an export
+    the model starts from; `init_source`: its provenance when it is a warm start's source (for the card)."""
     training = stage.training
     export_dir = layout.stage_export(stage.name)
     if (export_dir / CARD).is_file():
@@ -56,7 +58,7 @@ def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list
                       dev={t: d for t, d in (dev or {}).items() if t in stage.tasks}, checkpoint_dir=checkpoints,
                       checkpoint_staging_dir=staging, export_dir=str(export_dir),
                       metrics_file=str(layout.metrics_file(stage.name)), init_from=init_from,
-                      init_task=stage.init_task, stage=stage.name)
+                      init_task=stage.init_task, init_source=init_source, stage=stage.name)
     spec_path = layout.spec_file(stage.name)
     atomic_write_text(spec_path, spec.model_dump_json(indent=2))
     hostfile = training.hostfile

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
+from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig, init_from_kind
 from training.launch.layout import RunLayout
 from training.launch.schedule import SCHEDULES
 from training.launch.stage import launch_stage
@@ -39,13 +39,41 @@ def counting(log: Callable[[str], None], progress: Progress, done: int, total: i
     return feed
 
 
+def warm_start(training: TrainingConfig, tasks: list[TaskSpec], init: str | Path | None,
+               init_source: dict[str, str | None] | None) -> tuple[str | None, dict[str, str | None] | None]:
+    """The export the run starts from and its provenance for the card: `init` as given (the flow
+    fetched `training.init_from` from the registry), else a local `training.init_from`; (None, None)
+    for a cold start. Its heads must line up with the tasks' label lists (see `label_row_problems`)."""
+    from training.release.warm_start import WarmStartError, label_row_problems, source_tasks
+
+    if init is None and training.init_from is not None:
+        kind, parts = init_from_kind(training.init_from)
+        if kind != "folder":
+            raise WarmStartError([f"training.init_from: {training.init_from} names a registered model, which the "
+                                  "flow downloads before training: pass its export folder as train_model(init=...) "
+                                  "(training.release.warm_start.fetch_export), or give an export folder"])
+        init = parts["path"]
+    if init is None:
+        return None, None
+    folder = str(Path(init).expanduser().resolve())
+    labels, types = source_tasks(folder)
+    if problems := label_row_problems(labels, types, tasks):
+        raise WarmStartError(problems)
+    source = init_source or {"uri": folder, "model_name": None, "version": None, "run_id": None}
+    return folder, source
+
+
 def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig,
                 tasks: list[TaskSpec], features: dict[str, str], run_dir: str | Path,
                 log: Callable[[str], None], dev: dict[str, str] | None = None,
-                progress: Progress | None = None) -> str:
+                progress: Progress | None = None, *, init: str | Path | None = None,
+                init_source: dict[str, str | None] | None = None) -> str:
     """Train every stage of `training.schedule`; returns the run's export folder. `dev`: each task's
     validated dev examples, needed for evaluation during training (`training.eval_every`).
-    `progress(steps done, steps in all stages)` is called at each logged step of every stage."""
+    `progress(steps done, steps in all stages)` is called at each logged step of every stage.
+    `init`: a local export folder to warm-start from (`training.init_from` fetched by the caller;
+    a local `training.init_from` is used without it), `init_source` its provenance for the model
+    card (`WarmSource.card()`); the schedule's first stage starts from it, later stages from theirs."""
     names = [t.name for t in tasks]
     auxiliary = [t.name for t in tasks if t.auxiliary]
     problems = config_problems(training, deepspeed, names, auxiliary, encoder)
@@ -55,6 +83,7 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
                             f"none given for {missing}")
     if problems:
         raise ValueError("; ".join(problems))
+    warm, warm_source = warm_start(training, tasks, init, init_source)
     schedule = lookup(SCHEDULES, training.schedule, "schedule")
     stages = schedule.plan(training, names, auxiliary)
     layout = RunLayout(Path(run_dir))
@@ -63,10 +92,15 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
     for stage in stages:
         if len(stages) > 1:
             log(f"stage {stage.name} ({stage.role}): tasks {stage.tasks}, {stage.training.steps} steps"
-                + (f", starting from stage {stage.init_from}" if stage.init_from else ""))
-        init = exports[stage.init_from] if stage.init_from else None
+                + (f", starting from stage {stage.init_from}" if stage.init_from else "")
+                + (f", starting from {warm_source['uri']}" if warm_source and not stage.init_from else ""))
+        elif warm_source:
+            log(f"warm start from {warm_source['uri']}")
+        # a stage chained to an earlier one starts from its export; the others from the warm start, if any
+        start, source = (exports[stage.init_from], None) if stage.init_from else (warm, warm_source)
         stage_log = log if progress is None else counting(log, progress, done, total)
-        exports[stage.name] = launch_stage(encoder, deepspeed, tasks, features, layout, stage, stage_log, init, dev)
+        exports[stage.name] = launch_stage(encoder, deepspeed, tasks, features, layout, stage, stage_log, start, dev,
+                                           init_source=source)
         done += stage.training.steps
         if progress is not None:
             progress(done, total)  # a stage exported earlier, or stopped early by patience, is done

@@ -28,7 +28,8 @@ def write_export(out_dir: str | Path, state_dict: dict[str, torch.Tensor], model
     save_file({k: v.contiguous() for k, v in inference_state(state_dict).items()}, str(tmp / WEIGHTS))
     model.encoder_config.save_pretrained(tmp / ENCODER_DIR)
     tokenizer.save_pretrained(tmp / "tokenizer")
-    card = {**card, "tasks": [t.model_dump() for t in model.tasks.values()]}
+    # where the weights started (a warm start's source, see training.release.warm_start); None: the base encoder
+    card = {"init_from": None, **card, "tasks": [t.model_dump() for t in model.tasks.values()]}
     (tmp / CARD).write_text(json.dumps(card, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -122,15 +122,54 @@ def inference_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(TRAINING_ONLY)}
 
 
-def load_matching(model: MultiTaskModel, state: dict[str, torch.Tensor]) -> None:
-    """Start `model` from another model's weights (e.g. a stage-1 export): every parameter the
-    model has must be there with the same shape; extra entries (other tasks' heads) are ignored."""
+class Matched(NamedTuple):
+    """What `load_matching` did beyond copying parameters as they were."""
+
+    fresh_heads: list[str]  # tasks the weights have no head for: their heads keep their initialisation
+    grown: dict[str, tuple[int, int]]  # task -> (label rows in the weights, rows in the model): rows appended
+
+
+HEAD_PREFIX = "heads."
+
+
+def _head_task(key: str) -> str:
+    return key[len(HEAD_PREFIX):].split(".", 1)[0]
+
+
+def _appended_rows(key: str, source: torch.Size, own: torch.Size) -> bool:
+    """A head parameter whose first (output) dimension grew and nothing else changed: the label
+    list got new labels appended (retraining keeps the old ids), so the old rows still mean the same."""
+    return (key.startswith(HEAD_PREFIX) and len(source) == len(own) and 0 < source[0] < own[0]
+            and source[1:] == own[1:])
+
+
+def load_matching(model: MultiTaskModel, state: dict[str, torch.Tensor]) -> Matched:
+    """Start `model` from another model's weights (a stage-1 export, a registered model): every
+    parameter the model has must be there with its shape, except that a task the weights have no
+    head for keeps its fresh head, and a head whose labels were appended to gets the old label rows
+    copied and the new rows as initialised (the caller seeds the initialisation). Extra entries
+    (other tasks' heads) are ignored. Anything else fails naming the parameters."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(TRAINING_ONLY)]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    known_heads = {_head_task(k) for k in state if k.startswith(HEAD_PREFIX)}
+    fresh = sorted({_head_task(k) for k in own if k.startswith(HEAD_PREFIX)} - known_heads)
+    missing = [k for k in own if k not in state and not k.startswith(TRAINING_ONLY)
+               and not (k.startswith(HEAD_PREFIX) and _head_task(k) in fresh)]
+    grown_keys = [k for k in own if k in state and _appended_rows(k, state[k].shape, own[k].shape)]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and state[k].shape != own[k].shape and k not in grown_keys]
     if missing or wrong:
-        raise ValueError(f"cannot start from these weights: missing {missing[:5]}, wrong shape {wrong[:5]}")
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+        raise ValueError(f"cannot start from these weights: {len(missing)} parameter(s) missing {missing[:5]}, "
+                         f"{len(wrong)} of another shape (weights vs model) {wrong[:5]}; only a head's appended "
+                         "label rows may differ: start from a model of the same encoder and sharing strategy")
+    loaded = {k: v for k, v in state.items() if k in own and k not in grown_keys}
+    grown: dict[str, tuple[int, int]] = {}
+    for key in grown_keys:
+        rows = own[key].clone()
+        rows[:state[key].shape[0]] = state[key].to(rows.dtype)
+        loaded[key] = rows
+        grown[_head_task(key)] = (int(state[key].shape[0]), int(own[key].shape[0]))
+    model.load_state_dict(loaded, strict=False)
+    return Matched(fresh, grown)
 
 
 def _without_pooler(encoder: nn.Module) -> nn.Module:

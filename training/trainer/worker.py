@@ -76,7 +76,12 @@ def train(spec: WorkerSpec) -> None:
         start = export_weights(spec.init_from)
         if spec.init_task:  # a fine-tuning stage: its task's own weights where the export has them
             start = task_view(spec.init_task, start)
-        load_matching(model, start)
+        # new label rows and new tasks' heads keep the initialisation they got under the seed above
+        # (the engine starts every rank from rank 0's weights), so a rerun starts them the same
+        matched = load_matching(model, start)
+        if rank == 0 and (matched.fresh_heads or matched.grown):
+            print(f"warm start from {spec.init_from}: fresh heads for {matched.fresh_heads}; label rows kept and "
+                  f"new ones appended for {matched.grown}", flush=True)
     engine = Engine(model, spec.deepspeed, cfg)
     if rank == 0:
         if warning := check_version():
@@ -165,7 +170,7 @@ def write_model(spec: WorkerSpec, state: dict[str, torch.Tensor], model: Any, to
         state = state_for(model, state)
     card = {"sharing": sharing, "sharing_params": params, "dropout": spec.encoder.dropout,
             "max_length": spec.encoder.max_length,
-            "steps": cfg.steps, "stage": spec.stage,
+            "steps": cfg.steps, "stage": spec.stage, "init_from": spec.init_source,
             "head_stage": {t.name: spec.stage or "multitask" for t in tasks}, **extra}
     write_export(spec.export_dir, state, model, tokenizer, card)
     print(f"exported model to {spec.export_dir}", flush=True)
