@@ -120,6 +120,14 @@ def read_inputs(path: str | Path) -> list[ModelInput]:
     return [i for i in inputs if i is not None]
 
 
+def json_problem(exc: json.JSONDecodeError, whole: bool = False) -> str:
+    """json's message and where it stopped: the column (of a JSONL line) or, for a `whole` document,
+    line, column and character. Some of json's messages already end in "at" ("Unterminated string
+    starting at", "Invalid control character at"): those take the place without another "at"."""
+    where = f"line {exc.lineno} column {exc.colno} (char {exc.pos})" if whole else f"column {exc.colno}"
+    return f"{exc.msg} {where}" if exc.msg.endswith(" at") else f"{exc.msg} at {where}"
+
+
 def _jsonl_records(text: str, file: str, issues: IssueCollector) -> list[tuple[int, Mapping[str, Any]]]:
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -128,7 +136,7 @@ def _jsonl_records(text: str, file: str, issues: IssueCollector) -> list[tuple[i
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            issues.add(file, number, "json", f"not valid JSON ({exc.msg} at column {exc.colno})")
+            issues.add(file, number, "json", f"not valid JSON ({json_problem(exc)})")
             continue
         if isinstance(value, str):
             value = {"text": value}
@@ -210,9 +218,7 @@ def resolve_export(model_uri: str, tracking_uri: str | None, workdir: str) -> Pa
                            "(give an export folder, models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model)")
     import mlflow
 
-    if tracking_uri and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
-        raise ServingError(f"{model_uri}: no MLflow store at {tracking_uri} (pass --tracking-uri or set "
-                           "MLFLOW_TRACKING_URI)")
+    check_store(model_uri, tracking_uri)
     from contextlib import nullcontext
 
     from training.release.registry import pinned_uris
@@ -226,6 +232,14 @@ def resolve_export(model_uri: str, tracking_uri: str | None, workdir: str) -> Pa
     except mlflow.exceptions.MlflowException as exc:
         raise ServingError(f"{model_uri}: {exc.message}") from None
     return _export_in(Path(found), model_uri)
+
+
+def check_store(model_uri: str, tracking_uri: str | None) -> None:
+    """A sqlite store that is not there is refused: MLflow would create an empty one and then
+    answer that the model does not exist."""
+    if tracking_uri and tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).exists():
+        raise ServingError(f"{model_uri}: no MLflow store at {tracking_uri} (pass --tracking-uri or set "
+                           "MLFLOW_TRACKING_URI)")
 
 
 def _export_in(folder: Path, source: str) -> Path:
