@@ -1,4 +1,4 @@
-"""`mtl`: run, validate, promote and predict from the command line."""
+"""`mtl`: run, validate, promote, roll back and predict from the command line."""
 from __future__ import annotations
 
 import argparse
@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_config(config, args.config)  # before a Prefect server is even started
     from flows.retrain import retrain
 
-    summary = retrain(config, resume_run_dir=args.resume)
+    summary = retrain(config, resume_run_dir=args.resume, force=args.force)
     text = json.dumps(summary, indent=2)
     print(text)
     if args.summary:
@@ -62,10 +62,37 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from flows.promote import promote
+    """Point the alias at a version by hand (audited); a refusal is one line, exit 2, before any flow run."""
+    from flows.promote import promote, uri_for
+    from training.release.audit import check_promotion
+    from training.release.registry import RegistryRefusal
 
-    print(json.dumps(promote(args.model_name, args.version, args.alias, args.tracking_uri, args.state_dir),
-                     indent=2))
+    try:
+        check_promotion(uri_for(args.model_name, args.tracking_uri, args.state_dir), args.model_name, args.version,
+                        args.reason)
+        moved = promote(args.model_name, args.version, args.reason, args.by, args.alias, args.tracking_uri,
+                        args.state_dir)
+    except RegistryRefusal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(moved, indent=2))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Point the alias back at the version its holder replaced (audited); a refusal is one line, exit 2."""
+    from flows.promote import rollback, uri_for
+    from training.release.audit import check_rollback
+    from training.release.registry import RegistryRefusal
+
+    try:
+        check_rollback(uri_for(args.model_name, args.tracking_uri, args.state_dir), args.model_name, args.alias,
+                       args.reason)
+        moved = rollback(args.model_name, args.reason, args.by, args.alias, args.tracking_uri, args.state_dir)
+    except RegistryRefusal as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(moved, indent=2))
     return 0
 
 
@@ -87,6 +114,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.config import StorageConfig
+    from training.config import RegistryConfig
+    from training.release.registry import tracking_uri
+    from training.release.server import serve
+    from training.release.serving import ServingError
+
+    uri = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), StorageConfig().root)
+    try:
+        return serve(args.model_uri, args.host, args.port, args.poll_s, uri)
+    except ServingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Work pool, prefect.yaml's deployments and the notification automations, on PREFECT_API_URL."""
+    from flows.deploy import DeployError, deploy
+    from flows.notify import NotifySetupError
+
+    try:
+        made = deploy(args.pool, args.notify)
+    except (DeployError, NotifySetupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(made.lines()))
+    return 0
+
+
 def set_item(item: str) -> tuple[str, Any]:
     try:
         return parse_set(item)
@@ -100,6 +156,16 @@ def add_set(command: argparse.ArgumentParser) -> None:
                               "(repeatable): --set training.steps=200 --set tasks.pos.max_train_examples=2000")
 
 
+def add_alias_move(command: argparse.ArgumentParser) -> None:
+    """The options `mtl promote` and `mtl rollback` share."""
+    command.add_argument("--reason", required=True, help="why, recorded on the version (mtl.promotion_reason)")
+    command.add_argument("--by", default=None, help="who, recorded on the version (default: your OS user)")
+    command.add_argument("--alias", default="champion")
+    command.add_argument("--tracking-uri", default=None,
+                         help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///STATE_DIR/mlflow.db)")
+    command.add_argument("--state-dir", default=".mtl")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mtl", description="Multi-task NLP training pipeline")
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,19 +175,26 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR",
                      help="go on in this earlier run's folder (<storage.root>/runs/<name>-<id>), from its newest "
                           "sound checkpoint, e.g. after its flow process was killed")
+    run.add_argument("--force", action="store_true",
+                     help="train even when the champion was made from the same data, settings, code and encoder "
+                          "(otherwise the run ends Skipped)")
     add_set(run)
     run.set_defaults(func=cmd_run)
     val = sub.add_parser("validate", help="check config and data without training")
     val.add_argument("config")
     add_set(val)
     val.set_defaults(func=cmd_validate)
-    pro = sub.add_parser("promote", help="point the champion alias at a model version (promote or roll back)")
+    pro = sub.add_parser("promote", help="point the champion alias at a model version by hand, with a reason "
+                                         "(recorded on the version, gate override included)")
     pro.add_argument("model_name")
     pro.add_argument("version")
-    pro.add_argument("--alias", default="champion")
-    pro.add_argument("--tracking-uri", default=None)
-    pro.add_argument("--state-dir", default=".mtl")
+    add_alias_move(pro)
     pro.set_defaults(func=cmd_promote)
+    rol = sub.add_parser("rollback", help="point the champion alias back at the version its holder replaced "
+                                          "(its mtl.previous_<alias> tag), with a reason")
+    rol.add_argument("model_name")
+    add_alias_move(rol)
+    rol.set_defaults(func=cmd_rollback)
     pre = sub.add_parser("predict", help="predict every task for each input of a JSONL/CSV/TSV file, as JSONL")
     pre.add_argument("model_uri", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model or an "
                                        "export folder")
@@ -132,6 +205,25 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--tracking-uri", default=None,
                      help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///.mtl/mlflow.db)")
     pre.set_defaults(func=cmd_predict)
+    srv = sub.add_parser("serve", help="serve a model over HTTP (MLflow's /invocations), following a models:/NAME@ALIAS "
+                                       "alias as it moves")
+    srv.add_argument("model_uri", help="models:/NAME@ALIAS (followed), models:/NAME/VERSION, runs:/RUN_ID/model or an "
+                                       "export folder")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=5001)
+    srv.add_argument("--poll-s", type=float, default=30.0,
+                     help="look at the alias every this many seconds; a new version is loaded beside the old one "
+                          "and swapped in (default: 30)")
+    srv.add_argument("--tracking-uri", default=None,
+                     help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///.mtl/mlflow.db)")
+    srv.set_defaults(func=cmd_serve)
+    dep = sub.add_parser("deploy", help="create the work pool if missing, deploy prefect.yaml and set up the "
+                                        "notification automations, on the Prefect server at PREFECT_API_URL")
+    dep.add_argument("--notify", metavar="BLOCK", default=None,
+                     help="notification block as <block-type-slug>/<name>, e.g. slack-webhook/ops or "
+                          "custom-webhook/mtl-alerts (default: $MTL_NOTIFY_BLOCK; neither: no automations)")
+    dep.add_argument("--pool", default="mtl-cpu", help="work pool for every deployment (default: mtl-cpu)")
+    dep.set_defaults(func=cmd_deploy)
     return p
 
 

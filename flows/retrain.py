@@ -7,22 +7,30 @@ annotations, and a runner (`serve`) ships the flows to each run's process by val
 names their code uses. A postponed annotation (the string "PipelineConfig") cannot be resolved
 there, and every served run of `retrain_from_file` failed before it started.
 """
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from flows.alias_lock import retrain_lock  # noqa: E402
 from flows.config import PipelineConfig, load_config, run_overrides  # noqa: E402
+from flows.loop import check_fingerprint, check_warm, data_report, evaluate_champion, flow_run_name, warm_start_source, outcome_state, retrain_wait_s, tag_fingerprint  # noqa: E402
 from flows.tasks import (champion_label_maps, close_mlflow_run, data_params, end_failed_mlflow_run,  # noqa: E402
                          evaluate, fail_mlflow_run, ingest, open_mlflow_run, prepare_run, promote, redacted,
                          register, task_affinity, tokenize, train)
 from training.config import SamplerName, SharingName, WeightingName  # noqa: E402
 from training.release.registry import redact_uri  # noqa: E402
 from training.task_spec import spec_for  # noqa: E402
+
+
+# a flow run past this ends Failed (TimedOut); the training inside has its own `training.timeout_s`
+FLOW_TIMEOUT_S = float(os.environ.get("MTL_FLOW_TIMEOUT_S", 12 * 3600))
 
 
 def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
@@ -43,40 +51,87 @@ def mlflow_params(config: PipelineConfig) -> dict[str, Any]:
     return flat
 
 
+def run_name() -> str:
+    """The flow run's name from its config: `<config name>-<UTC date and time>`."""
+    config = flow_run.parameters.get("config")
+    name = config.get("name") if isinstance(config, dict) else getattr(config, "name", None)
+    return flow_run_name(str(name or "mtl"))
+
+
 # a flow run that fails, crashes or is cancelled ends its MLflow run FAILED (KILLED) with the reason;
 # registration is the second to last task, so a run that fails before it has registered nothing
 @flow(name="retrain", description="Train the multi-task model on every task and promote it if no task got worse.",
+      flow_run_name=run_name, timeout_seconds=FLOW_TIMEOUT_S,
       on_failure=[fail_mlflow_run], on_crashed=[fail_mlflow_run], on_cancellation=[fail_mlflow_run])
 def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None,
-            resume_run_dir: str | None = None) -> dict[str, Any]:
+            resume_run_dir: str | None = None, force: bool = False) -> Any:
     """`previous_labels`: task name -> the label list of the model being replaced (the champion's
     card), so existing labels keep their ids and new ones are appended. None: the champion's.
     `resume_run_dir`: the folder of a run whose flow process died: training goes on from its
     newest sound checkpoint instead of starting in a new folder (`mtl run --resume`), in the same
-    MLflow run (its key is the folder's name)."""
+    MLflow run (its key is the folder's name). `force`: train even when the champion was made from
+    the same data, settings, code and encoder (otherwise the run ends Skipped).
+
+    The flow run ends in a named state: Promoted, Refused (the gate kept the champion), Skipped,
+    or Failed."""
+    return run_pipeline(config, previous_labels, resume_run_dir, force)
+
+
+def run_pipeline(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None,
+                 resume_run_dir: str | None = None, force: bool = False) -> Any:
+    """The retrain flow's body, also run by `retrain_from_file` in its own flow run (no subflow: a
+    deployment's run shows every task, log and artifact on its own page). One run per registered
+    model at a time, whatever deployment started it."""
+    with retrain_lock(config.registry.model_name, retrain_wait_s()):
+        return pipeline_steps(config, previous_labels, resume_run_dir, force)
+
+
+def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]] | None,
+                   resume_run_dir: str | None, force: bool) -> Any:
     run_dir = prepare_run(config, resume_run_dir)
     mlflow_run = open_mlflow_run(config.registry, config.storage.root, run_dir, mlflow_params(config))
-    if previous_labels is None:
-        previous_labels = champion_label_maps(config.registry, config.promotion, config.storage.root, run_dir)
+    warm = warm_start_source(config, run_dir)
+    if previous_labels is None:  # a warm start keeps its source's label ids, else the champion's
+        previous_labels = warm["labels"] if warm else champion_label_maps(config.registry, config.promotion,
+                                                                           config.storage.root, run_dir)
     ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
+    fingerprint = check_fingerprint(config, run_dir, force)
+    if fingerprint["skip"]:
+        close_mlflow_run(mlflow_run, outcome="skipped", reason=fingerprint["reason"])
+        return outcome_state("Skipped", fingerprint["reason"], {
+            "model_name": config.registry.model_name, "version": None, "promoted": False,
+            "champion_version": fingerprint["champion_version"], "fingerprint": fingerprint["value"],
+            "run_id": mlflow_run["run_id"], "run_dir": run_dir, "reason": fingerprint["reason"]})
+    data = data_report(config, ingested, run_dir, mlflow_run)
+    if warm:
+        check_warm(config, warm, data["train_labels"])
     tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
     specs = [spec_for(t, ingested[t.name]["labels"]) for t in config.tasks]
     features = {n: r["features"] for n, r in tokenized.items()}
     dev = {n: r["splits"]["dev"] for n, r in ingested.items()}
-    export_dir = train(config.encoder, config.training, config.deepspeed, specs, features, run_dir, dev)
+    # `init_from: champion` before there is one: a cold start (warm is None), said by warm-start's log
+    training = config.training if warm else config.training.model_copy(update={"init_from": None})
+    export_dir = train(config.encoder, training, config.deepspeed, specs, features, run_dir, dev,
+                       warm["export"] if warm else None, warm["source"] if warm else None)
     metrics = evaluate(export_dir, specs, dev, config.training.eval_batch_size, run_dir)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
                           data_params(tokenized), metrics, task_affinity(export_dir, features, config.affinity))
-    decision = promote(registered, specs, config.promotion)
-    close_mlflow_run(mlflow_run)
+    tag_fingerprint(registered, fingerprint)
+    champion = evaluate_champion(config, specs, dev, run_dir)
+    decision = promote(registered, specs, config.promotion, champion, metrics)
+    outcome = "Promoted" if decision["promoted"] else "Refused"
+    close_mlflow_run(mlflow_run, outcome=outcome.lower())
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
     # the summary is printed and written to a file: a password in the tracking URI stays out of it
-    return {"model_name": registered["model_name"], "version": registered["version"],
-            "aliases": sorted(set(aliases)), "tracking_uri": redact_uri(registered["tracking_uri"]),
-            "run_id": registered["run_id"], "promoted": decision["promoted"], "gate": decision["reasons"],
-            "metrics": metrics, "run_dir": run_dir,
-            "data": {n: {"stats": r["stats"], "cached": r["cached"] and ingested[n]["cached"]}
-                     for n, r in tokenized.items()}}
+    summary = {"model_name": registered["model_name"], "version": registered["version"],
+               "aliases": sorted(set(aliases)), "tracking_uri": redact_uri(registered["tracking_uri"]),
+               "run_id": registered["run_id"], "promoted": decision["promoted"], "gate": decision["reasons"],
+               "metrics": metrics, "run_dir": run_dir, "fingerprint": fingerprint["value"],
+               "data": {n: {"stats": r["stats"], "cached": r["cached"] and ingested[n]["cached"]}
+                        for n, r in tokenized.items()}}
+    message = (f"v{registered['version']} promoted to {config.promotion.alias}" if decision["promoted"] else
+               f"v{registered['version']} refused: " + "; ".join(decision["reasons"]))
+    return outcome_state(outcome, message, summary)
 
 
 def file_config(config_path: str = "configs/demo.yaml", steps: int | None = None,
@@ -97,15 +152,28 @@ def fail_file_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
     end_failed_mlflow_run(lambda: file_config(**flow_run.parameters), flow_run, state)
 
 
+def file_run_name() -> str:
+    """`<config name>-<UTC date and time>`, the name read from the file (its stem if unreadable)."""
+    path = Path(str(flow_run.parameters.get("config_path") or "mtl"))
+    try:
+        import yaml
+
+        name = (yaml.safe_load(path.read_text()) or {}).get("name") or path.stem
+    except (OSError, ValueError, AttributeError):
+        name = path.stem
+    return flow_run_name(str(name))
+
+
 @flow(name="retrain-from-file", description="Load a pipeline YAML, set the fields given here on top, and run "
                                             "retrain (the nightly and on-demand deployments).",
+      flow_run_name=file_run_name, timeout_seconds=FLOW_TIMEOUT_S,
       on_failure=[fail_file_mlflow_run], on_crashed=[fail_file_mlflow_run], on_cancellation=[fail_file_mlflow_run])
 def retrain_from_file(config_path: str = "configs/demo.yaml", steps: int | None = None,
                       learning_rate: float | None = None, processes: int | None = None,
                       sharing: SharingName | None = None, weighting: WeightingName | None = None,
                       sampler: SamplerName | None = None, max_train_examples: int | None = None,
                       max_dev_examples: int | None = None, overrides: dict[str, Any] | None = None,
-                      resume_run_dir: str | None = None) -> dict[str, Any]:
+                      resume_run_dir: str | None = None, force: bool = False) -> Any:
     """Each field left empty keeps the file's value; the config is checked as a whole before any work.
 
     Args:
@@ -123,10 +191,11 @@ def retrain_from_file(config_path: str = "configs/demo.yaml", steps: int | None 
             the run before any work, naming the key
         resume_run_dir: the folder of an earlier run of these same settings whose flow run died
             (.mtl/runs/NAME-ID): training goes on from its newest sound checkpoint
+        force: train even when the champion was made from the same data, settings, code and encoder
     """
     config = file_config(config_path, steps, learning_rate, processes, sharing, weighting, sampler,
                          max_train_examples, max_dev_examples, overrides)
-    return retrain(config, resume_run_dir=resume_run_dir)
+    return run_pipeline(config, resume_run_dir=resume_run_dir, force=force)
 
 
 if __name__ == "__main__":

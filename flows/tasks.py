@@ -22,7 +22,7 @@ from flows.config import REFUSED, ConfigError, PipelineConfig, StorageConfig, ch
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.model.multitask import resolve_encoder_path
 from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
-from training.release.registry import (champion_labels, close_run, default_artifact_root, fail_run, open_run,
+from training.release.registry import (champion_labels, client_for, close_run, default_artifact_root, fail_run, open_run,
                                       promote_if_better, redact_uri, register_model, run_files, run_plots,
                                       tracking_uri)
 from training.evaluation.evaluate import evaluate_export
@@ -116,7 +116,14 @@ def open_mlflow_run(registry: RegistryConfig, state_dir: str, run_dir: str, para
 
 
 @task(name="close-mlflow-run", **TASK_DEFAULTS)
-def close_mlflow_run(mlflow_run: dict[str, Any]) -> None:
+def close_mlflow_run(mlflow_run: dict[str, Any], outcome: str | None = None, reason: str | None = None) -> None:
+    """End the run FINISHED; `outcome` (promoted, refused, skipped) and its reason become tags
+    `mtl.outcome` and `mtl.outcome_reason`, so the MLflow runs list says what each run came to."""
+    if outcome:
+        client = client_for(mlflow_run["tracking_uri"])
+        client.set_tag(mlflow_run["run_id"], "mtl.outcome", outcome)
+        if reason:
+            client.set_tag(mlflow_run["run_id"], "mtl.outcome_reason", reason[:4000])
     close_run(mlflow_run["tracking_uri"], mlflow_run["run_id"], "FINISHED")
 
 
@@ -252,13 +259,16 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @task(name="train", **TASK_DEFAULTS)
 def train(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeedConfig, specs: list[TaskSpec],
-          features: dict[str, str], run_dir: str, dev: dict[str, str] | None = None) -> str:
+          features: dict[str, str], run_dir: str, dev: dict[str, str] | None = None, init: str | None = None,
+          init_source: dict[str, Any] | None = None) -> str:
     """`dev`: each task's ingested dev split, for evaluation during training (`training.eval_every`).
+    `init`: the export a warm start begins from (`init_source`: where it came from, for the card).
     A progress artifact `training-progress` follows the steps done."""
     logger = get_run_logger()
     artifact = create_progress_artifact(0.0, key="training-progress", description="training steps done")
     feed = ProgressFeed(lambda pct, text: update_progress_artifact(artifact, pct, description=text), logger.warning)
-    return train_model(encoder, training, deepspeed, specs, features, run_dir, logger.info, dev, progress=feed)
+    return train_model(encoder, training, deepspeed, specs, features, run_dir, logger.info, dev, progress=feed,
+                       init=init, init_source=init_source)
 
 
 @task(name="evaluate", **TASK_DEFAULTS)
@@ -325,16 +335,48 @@ def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: st
 
 
 @task(name="promote", **TASK_DEFAULTS)
-def promote(registered: dict[str, Any], specs: list[TaskSpec], promotion: PromotionConfig) -> dict[str, Any]:
+def promote(registered: dict[str, Any], specs: list[TaskSpec], promotion: PromotionConfig,
+            champion: dict[str, Any] | None = None, metrics: dict[str, dict[str, float]] | None = None
+            ) -> dict[str, Any]:
+    """Gate the registered version against the champion and move the alias if it passes.
+    `champion`: the champion scored in this flow run on the same dev split (`evaluate-champion`),
+    `metrics` the challenger's; the gate compares those numbers. Without it, or when the champion moved while this run trained,
+    the scores logged on each version's run at registration are compared, and the report says so.
+    The decision table goes to the version's description and to the `promotion` artifact; a
+    refusal is also sent as the event `mtl.gate.refused`."""
+    from flows.notify import emit_gate_refused
+    from training.release.gate import decide
+    from training.release.registry import alias_holder, promote_if_better, promote_with_report
+
     logger = get_run_logger()
     if not promotion.enabled:
-        return {"promoted": False, "reasons": ["promotion disabled in config"]}
+        return {"promoted": False, "reasons": ["promotion disabled in config"], "report": None}
     primary = {s.name: s.primary_metric for s in exported(specs)}
-    with alias_lock(registered["model_name"], promotion.alias):  # a run finishing beside this one waits
-        promoted, reasons = promote_if_better(registered["tracking_uri"], registered["model_name"],
-                                              registered["version"], primary, promotion)
+    name, version, uri = registered["model_name"], registered["version"], registered["tracking_uri"]
+    with alias_lock(name, promotion.alias):  # a run finishing beside this one waits
+        held = alias_holder(client_for(uri), name, promotion.alias)
+        held_version = None if held is None else str(held.version)
+        if held_version == str(version):
+            return {"promoted": True, "reasons": [], "report": None}
+        same_champion = champion is not None and champion.get("version") == held_version
+        if metrics is not None and same_champion and (held_version is None or champion.get("metrics") is not None):
+            report = decide(metrics, champion["metrics"] if held_version else None, primary, promotion.tolerance,
+                            held_version, champion["notes"])
+            promote_with_report(uri, name, str(version), report, promotion.alias,
+                                table_title=f"{name} v{version} against {promotion.alias}")
+        else:
+            report = None
+            if champion is not None and champion.get("version") not in (None, held_version):
+                logger.warning("%s moved from v%s to v%s while this run trained: gating on logged scores",
+                               promotion.alias, champion["version"], held_version)
+            promoted, reasons = promote_if_better(uri, name, str(version), primary, promotion)
+    if report is not None:
+        promoted, reasons = report.promoted, report.reasons
+    text = report.markdown(f"{name} v{version}", promotion.alias) if report is not None else (
+        f"**{name} v{version}**: " + ("promoted to " + promotion.alias if promoted else "refused: " + "; ".join(reasons)))
     verdict = "promoted to " + promotion.alias if promoted else "kept as challenger: " + "; ".join(reasons)
-    logger.info("version %s %s", registered["version"], verdict)
-    create_markdown_artifact(f"**{registered['model_name']} v{registered['version']}**: {verdict}",
-                             key="promotion")
-    return {"promoted": promoted, "reasons": reasons}
+    logger.info("version %s %s", version, verdict)
+    create_markdown_artifact(text, key="promotion", description="the gate's decision: both models' scores per task")
+    if not promoted:
+        emit_gate_refused(name, str(version), report.as_dict() if report is not None else {"reasons": reasons}, text)
+    return {"promoted": promoted, "reasons": reasons, "report": report.as_dict() if report is not None else None}
