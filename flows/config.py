@@ -21,7 +21,7 @@ from data_prep.sources import default_data_dir
 from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, RegistryConfig, TrainingConfig
 from training.evaluation.affinity import AffinityConfig
 from training.redaction import USERINFO, mask_userinfo
-from training.errors import WarmStartError
+from training.errors import RegistryRefusal, WarmStartError
 from training.validation import config_problems
 
 
@@ -243,4 +243,4 @@ def check_config(cfg: PipelineConfig, source: str = "config") -> None:
         raise ConfigError(source, problems)
 
 
-REFUSED = (ConfigError, DataValidationError, WarmStartError)
+REFUSED = (ConfigError, DataValidationError, WarmStartError, RegistryRefusal)

@@ -9,3 +9,8 @@ class WarmStartError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class RegistryRefusal(ValueError):
+    """A registry request that cannot succeed as asked (no such version, nothing to roll back to,
+    no reason given): said in one line, never retried."""

@@ -33,6 +33,7 @@ from mlflow.tracking._tracking_service import utils as tracking_uri_state
 from training.config import PromotionConfig, RegistryConfig
 from training.launch.layout import RunLayout
 from training.model.export import CARD
+from training.errors import RegistryRefusal  # noqa: F401 - raised here, imported from here by callers
 from training.redaction import mask_userinfo, redact_uri
 from training.release import plots
 from training.release.gate import (GATE_END, GATE_SLACK, GateReport, decide, gate, gate_table,  # noqa: F401
@@ -410,11 +411,6 @@ def aliases_of(client: MlflowClient, name: str, version: str) -> list[str]:
 
 def version_metrics(client: MlflowClient, version: ModelVersion) -> dict[str, float]:
     return dict(client.get_run(version.run_id).data.metrics)
-
-
-class RegistryRefusal(ValueError):
-    """A registry request that cannot succeed as asked (no such version, nothing to roll back to,
-    no reason given): said in one line, never retried."""
 
 
 GATE_TAG = "mtl.gate"
