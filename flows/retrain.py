@@ -90,18 +90,18 @@ def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]]
                    resume_run_dir: str | None, force: bool) -> Any:
     run_dir = prepare_run(config, resume_run_dir)
     mlflow_run = open_mlflow_run(config.registry, config.storage.root, run_dir, mlflow_params(config))
-    warm = warm_start_source(config, run_dir)
-    if previous_labels is None:  # a warm start keeps its source's label ids, else the champion's
-        previous_labels = warm["labels"] if warm else champion_label_maps(config.registry, config.promotion,
-                                                                           config.storage.root, run_dir)
-    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
-    fingerprint = check_fingerprint(config, run_dir, force)
+    fingerprint = check_fingerprint(config, run_dir, force)  # before any data is read: a skip costs seconds
     if fingerprint["skip"]:
         close_mlflow_run(mlflow_run, outcome="skipped", reason=fingerprint["reason"])
         return outcome_state("Skipped", fingerprint["reason"], {
             "model_name": config.registry.model_name, "version": None, "promoted": False,
             "champion_version": fingerprint["champion_version"], "fingerprint": fingerprint["value"],
             "run_id": mlflow_run["run_id"], "run_dir": run_dir, "reason": fingerprint["reason"]})
+    warm = warm_start_source(config, run_dir)
+    if previous_labels is None:  # a warm start keeps its source's label ids, else the champion's
+        previous_labels = warm["labels"] if warm else champion_label_maps(config.registry, config.promotion,
+                                                                           config.storage.root, run_dir)
+    ingested = ingest(config.tasks, config.resolved_data_dir(), run_dir, config.storage, previous_labels)
     data = data_report(config, ingested, run_dir, mlflow_run)
     if warm:
         check_warm(config, warm, data["train_labels"])

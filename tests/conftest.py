@@ -35,6 +35,19 @@ def pytest_configure(config: pytest.Config) -> None:
     (base / "prefect").mkdir(parents=True, exist_ok=True)
 
 
+# modules that share the session's production stack (servers take a minute to start): one xdist
+# worker runs them all, so the stack starts once per suite, not once per worker
+STACK_MODULES = {"test_production.py", "test_production_loop.py"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs `-n 2 --dist loadgroup`: each test file is one group (its module fixtures
+    start once), except the production-stack modules, which form one group between them."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("production-stack" if name in STACK_MODULES else name))
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The session's Prefect folder goes with the session (one per process id, they piled up)."""
     for folder in SESSION_DIRS:

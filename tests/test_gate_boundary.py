@@ -169,3 +169,25 @@ def test_the_promote_flow_rolls_the_alias_back_under_the_same_lock(tmp_path, pre
     assert back["previous"] == second and "champion" in back["aliases"] and store.champion() == first
     assert store.client.get_model_version("m", first).tags["mtl.previous_champion"] == second
     assert store.client.get_model_version("m", first).tags["mtl.promoted_by"] == "ops"
+
+
+def test_one_retraining_run_per_model_at_a_time(prefect_engine):
+    """The retrain lock, on the real Prefect server: while one run of a model holds it, another run
+    of the same model waits (here: times out after 2 s), and a run of another model does not."""
+    import time
+
+    import pytest
+
+    from flows.alias_lock import retrain_lock, retrain_lock_name
+
+    with retrain_lock("lock-m", timeout_s=30):
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            with retrain_lock("lock-m", timeout_s=2):
+                pass
+        assert time.monotonic() - start >= 2
+        with retrain_lock("lock-other", timeout_s=5):
+            pass
+    with retrain_lock("lock-m", timeout_s=5):  # released at the end of the first holder's block
+        pass
+    assert retrain_lock_name("team/model x") == "mtl-retrain-team_model_x"
