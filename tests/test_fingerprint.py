@@ -63,3 +63,44 @@ def test_an_unpinned_source_or_another_encoder_says_so(tiny_encoder, tmp_path, d
                        make_fingerprint(base, str(tiny_encoder), sources).parts) == ["encoder"]
     assert differences({"a": "1", "b": "2"}, {"a": "1", "c": "3"}) == ["new: b", "gone: c"]
     assert content_only([("train", [("/x/a.txt", "blake2b:ab")])]) == [["train", ["blake2b:ab"]]]
+
+
+def skip_check(config: dict, force: bool = False) -> dict:
+    """The flow's fingerprint task alone, in a flow run of its own."""
+    from prefect import flow
+
+    from flows.loop import check_fingerprint
+
+    @flow(name="fingerprint-only")
+    def only() -> dict:
+        return check_fingerprint(parse_config(config), str(Path(config["storage"]["root"])), force)
+
+    Path(config["storage"]["root"]).mkdir(parents=True, exist_ok=True)
+    return only()
+
+
+def test_the_skip_check_trains_and_says_why_on_an_old_champion_or_an_unreachable_registry(
+        tiny_encoder, tmp_path, data_dir, prefect_engine, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the unreachable server: fail at once
+
+    from test_gate_boundary import Store, dev
+
+    raw = tiny_config(tiny_encoder, tmp_path / "state", data_dir)
+    store = Store(tmp_path, model=raw["registry"]["model_name"])
+    raw["registry"]["tracking_uri"] = store.uri
+    first = skip_check(raw)
+    assert (first["skip"], first["reason"]) == (False, "no champion tiny-mtl@champion yet: training")
+    old = store.version(dev(0.8, 0.6))  # registered before fingerprints: no tag
+    MlflowClient(store.uri).set_registered_model_alias("tiny-mtl", "champion", old)
+    found = skip_check(raw)
+    assert not found["skip"] and "has no fingerprint (registered before fingerprints were recorded)" in found["reason"]
+    for key, value in (("mtl.fingerprint", found["value"]), ("mtl.fingerprint.parts", "{}")):
+        MlflowClient(store.uri).set_model_version_tag("tiny-mtl", old, key, value)
+    assert skip_check(raw)["skip"] is True
+    forced = skip_check(raw, force=True)
+    assert not forced["skip"] and "force is set" in forced["reason"]
+    raw["registry"]["tracking_uri"] = "http://127.0.0.1:9"  # nothing listens there
+    down = skip_check(raw)
+    assert not down["skip"] and down["reason"].startswith("the registry could not be read for the skip check")
