@@ -25,7 +25,8 @@ def test_entrypoints_and_parameters():
         schema = parameter_schema(flow.fn).model_dump()
         params = dep.get("parameters", {})
         assert set(params) <= set(schema["properties"]), name
-        assert set(schema.get("required", [])) <= set(params) | {"model_name", "version"}, name
+        # what a person types at run time: promote / rollback have no defaults to give them
+        assert set(schema.get("required", [])) <= set(params) | {"model_name", "version", "reason"}, name
         flow.validate_parameters(params) if params else None
 
 
@@ -44,3 +45,17 @@ def test_on_demand_takes_a_config_file_and_field_overrides():
     on_demand = deployments()["on-demand"]
     assert on_demand["entrypoint"] == "flows/retrain.py:retrain_from_file"
     assert (ROOT / on_demand["parameters"]["config_path"]).is_file()
+
+
+def test_the_experiment_follows_the_model_name_unless_set():
+    """Overriding registry.model_name alone put the runs in the demo's experiment. Resolved in the
+    config, so the registry (open_run, fail_run) and the saved config see the same name."""
+    from flows.config import load_config
+
+    demo = ROOT / "configs" / "demo.yaml"
+    assert load_config(demo).registry.experiment == "mtl-demo"
+    moved = load_config(demo, {"registry.model_name": "mtl-prod"}).registry
+    assert (moved.model_name, moved.experiment) == ("mtl-prod", "mtl-prod")
+    assert load_config(demo, {"registry.model_name": "mtl-prod", "registry.experiment": "team"}).registry.experiment \
+        == "team"
+    assert load_config(demo, {"registry.experiment": ""}).registry.experiment == "mtl-demo"  # a form's empty box

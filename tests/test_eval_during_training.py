@@ -85,6 +85,9 @@ def test_dev_metrics_are_logged_every_eval_every_steps_for_exported_tasks_only(s
     log = rows(run)
     assert [r["step"] for r in log if "eval" in r] == [2, 4, 6, 8]
     assert [r["step"] for r in log if "loss" in r] == [2, 4, 6, 8]
+    for row in (r for r in log if "loss" in r):  # each task's mean over the 2 steps since the last line
+        assert sum(row["task_steps"].values()) == 2 and set(row["task_losses"]) == set(row["task_steps"])
+        assert row["loss"] == pytest.approx(sum(row["task_losses"][t] * n for t, n in row["task_steps"].items()) / 2)
     for row in (r for r in log if "eval" in r):
         assert set(row["eval"]) == {"pos", "ner", "sst2"}
         assert set(row["eval"]["ner"]) == {"accuracy", "entity_f1"}

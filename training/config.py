@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 # The registries' names as types, so a form (Prefect's, from the JSON schema) offers a choice and a
@@ -21,6 +22,31 @@ RETIRED_SHARING = {
                 "Set training.schedule: mtdnn (its finetune_tasks and finetune_steps go under "
                 "training.schedule_params) and training.sharing: hard for its multi-task stage",
 }
+
+# training.init_from: where a warm start takes its weights. The registry forms are those MLflow
+# resolves; a name follows RegistryConfig.model_name's rule, an alias MLflow's (letters, digits, _ and -).
+INIT_FROM_FORMS = ("champion (the registry's model_name at promotion.alias), models:/NAME/VERSION, "
+                   "models:/NAME@ALIAS, runs:/RUN_ID/model, or a local export folder (one holding mtl_model.json)")
+InitFromKind = Literal["champion", "version", "alias", "run", "folder"]
+_INIT_FROM = {
+    "version": re.compile(r"models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)/(?P<version>[0-9]+)"),
+    "alias": re.compile(r"models:/(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)@(?P<alias>[A-Za-z0-9_-]+)"),
+    "run": re.compile(r"runs:/(?P<run_id>[A-Za-z0-9_-]+)/(?P<path>[^/].*)"),
+}
+
+
+def init_from_kind(value: str) -> tuple[InitFromKind, dict[str, str]]:
+    """Which accepted form `value` is, with its parts (name, version, alias, run_id, path); a
+    ValueError (without the key, which the caller names) for anything else."""
+    text = value.strip()
+    if text == "champion":
+        return "champion", {}
+    for kind, pattern in _INIT_FROM.items():
+        if match := pattern.fullmatch(text):
+            return kind, match.groupdict()  # type: ignore[return-value]
+    if not text or text.startswith(("models:", "runs:")) or "://" in text:
+        raise ValueError(f"{value!r} is not a model to start from; give {INIT_FROM_FORMS}")
+    return "folder", {"path": text}
 
 
 class EncoderConfig(BaseModel):
@@ -54,7 +80,8 @@ class TrainingConfig(BaseModel):
     learning_rate: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(30, ge=0)
-    seed: int = 42
+    seed: int = Field(42, ge=0, description="seed of the task draws, the batch order and the dev samples "
+                                            "(numpy takes no negative seed)")
     processes: int = Field(2, ge=1, description="processes per node")
     nodes: int = Field(1, ge=1)
     launcher: Literal["deepspeed", "torchrun"] = "deepspeed"
@@ -94,7 +121,13 @@ class TrainingConfig(BaseModel):
     log_every: int = Field(20, gt=0)
     log_memory: bool = Field(False, description="log the peak bytes of live tensors (model, gradients, "
                              "optimizer) per process; scans the heap every micro-step, so for benchmarks only")
-    eval_batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(64, gt=0, description="evaluation after training: at most this many rows per "
+                                 "forward pass, within the predictor's token budget")
+    eval_device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+                             description="where the flow evaluates the exported model (and computes the task "
+                                         "affinity): auto (MTL_DEVICE if set, else CUDA when present, else the "
+                                         "CPU), cpu, cuda or cuda:N. Evaluation during training runs where the "
+                                         "trainer holds the model")
     eval_every: int | None = Field(None, gt=0, description="steps between evaluations of every task's primary "
                                    "metric on its dev split during training (off by default); with it the export "
                                    "keeps the best step (see selection)")
@@ -108,6 +141,12 @@ class TrainingConfig(BaseModel):
                                  "best dev score for this many evaluations")
     timeout_s: int = Field(6 * 3600, gt=0, description="wall-clock limit of the launched training")
     threads_per_process: int | None = Field(None, ge=1, description="torch threads per process on CPU")
+    init_from: str | None = Field(
+        None, description="warm start: the weights training starts from instead of the base encoder's: champion "
+                          "(the registry's model_name at promotion.alias), models:/NAME/VERSION, models:/NAME@ALIAS, "
+                          "runs:/RUN_ID/model or a local export folder. Its label lists are kept (new labels get new "
+                          "head rows), tasks it lacks get fresh heads. Under the mtdnn schedule the multi-task stage "
+                          "starts from it. Not resume: a run's own checkpoints still win")
 
     @field_validator("sharing", mode="before")
     @classmethod
@@ -116,6 +155,17 @@ class TrainingConfig(BaseModel):
         if isinstance(value, str) and value in RETIRED_SHARING:
             raise PydanticCustomError("retired", RETIRED_SHARING[value].removeprefix("training.sharing: "))
         return value
+
+    @field_validator("init_from")
+    @classmethod
+    def _init_from_form(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            init_from_kind(value)
+        except ValueError as exc:
+            raise PydanticCustomError("init_from", str(exc)) from None
+        return value.strip()
 
 
 ZERO_STAGE_RULE = ("auto: parameter offload -> 3, optimizer offload -> 2, one process -> 0 (a stage would "
@@ -276,8 +326,16 @@ class RegistryConfig(BaseModel):
 
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins over the default sqlite store")
-    experiment: str = "mtl-retrain"
+    experiment: str | None = Field(None, description="MLflow experiment of the runs; empty: the model name")
     model_name: str = Field("mtl-multitask", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @model_validator(mode="after")
+    def _experiment_defaults_to_model_name(self) -> RegistryConfig:
+        # resolved here, once, so the saved config names the experiment the runs went to, and
+        # overriding model_name alone keeps a model's runs apart from the demo's
+        if not self.experiment:
+            self.experiment = self.model_name
+        return self
 
 
 class PromotionConfig(BaseModel):
