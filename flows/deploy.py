@@ -99,6 +99,54 @@ def deploy_all(pool: str, env: dict[str, str]) -> str:
         return run_prefect(["deploy", "--all", "--prefect-file", str(prefect_file)], env)
 
 
+# the form fields of `retrain_from_file` and the config values they stand for
+FORM_FIELDS = {"steps": "training.steps", "learning_rate": "training.learning_rate",
+               "processes": "training.processes", "sharing": "training.sharing", "weighting": "training.weighting",
+               "sampler": "training.sampler", "max_train_examples": "tasks[*].max_train_examples",
+               "max_dev_examples": "tasks[*].max_dev_examples"}
+
+
+def file_values(config_path: str) -> dict[str, str]:
+    """What each form field of `retrain_from_file` is in the config file, as text."""
+    from flows.config import load_config
+
+    config = load_config(ROOT / config_path if not Path(config_path).is_absolute() else config_path)
+    t = config.training
+    per_task = lambda attr: ", ".join(f"{x.name} {getattr(x, attr)}" for x in config.tasks)  # noqa: E731
+    return {"steps": str(t.steps), "learning_rate": f"{t.learning_rate:g}", "processes": str(t.processes),
+            "sharing": t.sharing, "weighting": t.weighting, "sampler": t.sampler,
+            "max_train_examples": per_task("max_train_examples"), "max_dev_examples": per_task("max_dev_examples")}
+
+
+def show_file_values() -> list[str]:
+    """Each `retrain_from_file` deployment's form says, under every field, the value its config
+    file holds (Prefect's form cannot read the file; the field's own default means "the file's").
+    Written at deploy time: redeploy after editing the file. Returns the deployments changed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    changed = []
+    with get_client(sync_client=True) as client:
+        for deployment in client.read_deployments():
+            if client.read_flow(deployment.flow_id).name != "retrain-from-file":
+                continue
+            schema = dict(deployment.parameter_openapi_schema or {})
+            props = schema.get("properties") or {}
+            path = (deployment.parameters or {}).get("config_path") or props.get("config_path", {}).get("default")
+            try:
+                values = file_values(str(path))
+            except (OSError, ValueError) as exc:  # a config the form cannot describe still deploys
+                print(f"form of {deployment.name}: the values of {path} not shown ({exc})")
+                continue
+            for field, value in values.items():
+                if field in props:
+                    text = props[field].get("description", "").split(" | in ")[0]
+                    props[field]["description"] = f"{text} | in {path}: {value}"
+            client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=schema))
+            changed.append(deployment.name)
+    return changed
+
+
 def deployment_names() -> list[str]:
     """The server's deployments that prefect.yaml defines, as flow-name/deployment-name."""
     from prefect.client.orchestration import get_client
@@ -132,6 +180,7 @@ def deploy(pool: str = DEFAULT_POOL, notify_block: str | None = None) -> Deploye
     env = {**os.environ, "PREFECT_API_URL": api_url}
     made = Deployed(api_url, pool, ensure_work_pool(pool, env), notify_block=notify_block)
     deploy_all(pool, env)
+    show_file_values()
     made.deployments = deployment_names()
     if notify_block:
         from flows.notify import FAILED_AUTOMATION, REFUSED_AUTOMATION

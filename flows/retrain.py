@@ -10,9 +10,10 @@ there, and every served run of `retrain_from_file` failed before it started.
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from pydantic import Field
 from prefect.runtime import flow_run
 
 if __package__ in (None, ""):  # run as a script: make the project importable
@@ -134,16 +135,33 @@ def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]]
     return outcome_state(outcome, message, summary)
 
 
+# The on-demand form: a field left as it is keeps the config file's value. Prefect draws `X | None`
+# as a toggle set to None with the real input hidden behind it, so each field has a value that
+# means "the file's": a dropdown's first choice `file`, a number's 0.
+FILE = "file"
+SharingField = Literal[(FILE, *get_args(SharingName))]  # type: ignore[valid-type]
+WeightingField = Literal[(FILE, *get_args(WeightingName))]  # type: ignore[valid-type]
+SamplerField = Literal[(FILE, *get_args(SamplerName))]  # type: ignore[valid-type]
+Count = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(ge=0)]
+
+
+def set_or_none(value: Any) -> Any:
+    """A form field's value, or None when it is the one meaning the file's (0, `file`, empty)."""
+    return None if value in (None, 0, FILE, "") else value
+
+
 def file_config(config_path: str = "configs/demo.yaml", steps: int | None = None,
                 learning_rate: float | None = None, processes: int | None = None, sharing: str | None = None,
                 weighting: str | None = None, sampler: str | None = None, max_train_examples: int | None = None,
                 max_dev_examples: int | None = None, overrides: dict[str, Any] | None = None,
                 **_: Any) -> PipelineConfig:
-    """The config `retrain_from_file` runs: the file with the fields given set on top."""
+    """The config `retrain_from_file` runs: the file with the fields given set on top (0, `file`
+    or None: the file's value)."""
     fields = {"training.steps": steps, "training.learning_rate": learning_rate, "training.processes": processes,
               "training.sharing": sharing, "training.weighting": weighting, "training.sampler": sampler,
               "tasks.*.max_train_examples": max_train_examples, "tasks.*.max_dev_examples": max_dev_examples}
-    return load_config(config_path, run_overrides(fields, overrides))
+    return load_config(config_path, run_overrides({k: set_or_none(v) for k, v in fields.items()}, overrides or None))
 
 
 def fail_file_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -168,24 +186,23 @@ def file_run_name() -> str:
                                             "retrain (the nightly and on-demand deployments).",
       flow_run_name=file_run_name, timeout_seconds=FLOW_TIMEOUT_S,
       on_failure=[fail_file_mlflow_run], on_crashed=[fail_file_mlflow_run], on_cancellation=[fail_file_mlflow_run])
-def retrain_from_file(config_path: str = "configs/demo.yaml", steps: int | None = None,
-                      learning_rate: float | None = None, processes: int | None = None,
-                      sharing: SharingName | None = None, weighting: WeightingName | None = None,
-                      sampler: SamplerName | None = None, max_train_examples: int | None = None,
-                      max_dev_examples: int | None = None, overrides: dict[str, Any] | None = None,
-                      resume_run_dir: str | None = None, force: bool = False) -> Any:
-    """Each field left empty keeps the file's value; the config is checked as a whole before any work.
+def retrain_from_file(config_path: str = "configs/demo.yaml", steps: Count = 0, learning_rate: Rate = 0.0,
+                      processes: Count = 0, sharing: SharingField = FILE, weighting: WeightingField = FILE,
+                      sampler: SamplerField = FILE, max_train_examples: Count = 0, max_dev_examples: Count = 0,
+                      overrides: dict[str, Any] | None = None, resume_run_dir: str = "", force: bool = False) -> Any:
+    """Each field left as it is (0, `file`, empty) keeps the file's value; the config is checked as
+    a whole before any work.
 
     Args:
         config_path: pipeline YAML, relative to the project folder (the deployment's working directory)
-        steps: training.steps, optimizer steps
-        learning_rate: training.learning_rate, peak learning rate
-        processes: training.processes, training processes per node
-        sharing: training.sharing, the sharing strategy
-        weighting: training.weighting, the loss weighting
-        sampler: training.sampler, the task sampler
-        max_train_examples: max_train_examples of every task: subsample train to this many
-        max_dev_examples: max_dev_examples of every task: subsample dev to this many
+        steps: training.steps, optimizer steps (0: the file's)
+        learning_rate: training.learning_rate, peak learning rate (0: the file's)
+        processes: training.processes, training processes per node (0: the file's)
+        sharing: training.sharing, the sharing strategy (file: the file's)
+        weighting: training.weighting, the loss weighting (file: the file's)
+        sampler: training.sampler, the task sampler (file: the file's)
+        max_train_examples: max_train_examples of every task: subsample train to this many (0: the file's)
+        max_dev_examples: max_dev_examples of every task: subsample dev to this many (0: the file's)
         overrides: any other field by its dotted key, e.g. {"training.eval_every": 50, "storage.root": "/data/mtl",
             "tasks.pos.max_train_examples": 2000, "tasks[0].dev": "ud/dev.conllu"}; a wrong key or value fails
             the run before any work, naming the key
@@ -195,7 +212,17 @@ def retrain_from_file(config_path: str = "configs/demo.yaml", steps: int | None 
     """
     config = file_config(config_path, steps, learning_rate, processes, sharing, weighting, sampler,
                          max_train_examples, max_dev_examples, overrides)
-    return run_pipeline(config, resume_run_dir=resume_run_dir, force=force)
+    get_run_logger().info("config %s: %s", config_path, form_values(config))
+    return run_pipeline(config, resume_run_dir=resume_run_dir or None, force=force)
+
+
+def form_values(config: PipelineConfig) -> str:
+    """The form's fields as the run resolved them (the file's value where a field was left as it is)."""
+    t = config.training
+    return (f"steps={t.steps} learning_rate={t.learning_rate} processes={t.processes} sharing={t.sharing} "
+            f"weighting={t.weighting} sampler={t.sampler} "
+            f"max_train_examples={[x.max_train_examples for x in config.tasks]} "
+            f"max_dev_examples={[x.max_dev_examples for x in config.tasks]}")
 
 
 if __name__ == "__main__":

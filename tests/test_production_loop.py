@@ -189,6 +189,18 @@ check()
     assert f"Flow run: gate-check-{model} {production_stack.prefect.url}/runs/flow-run/" in message["body"]
 
 
+def test_the_deployed_form_shows_the_config_files_values(production_stack, automations):
+    """`mtl deploy` writes under each on-demand field what configs/demo.yaml holds; the field's own
+    default (0, `file`) keeps that value."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(production_stack.api_url) as api:
+        props = api.read_deployment_by_name("retrain-from-file/on-demand").parameter_openapi_schema["properties"]
+    assert props["steps"]["description"].endswith("| in configs/demo.yaml: 450"), props["steps"]
+    assert props["sharing"]["enum"][0] == "file" and props["sharing"]["description"].endswith(": hard")
+    assert props["max_train_examples"]["description"].endswith(": pos 4000, ner 4000, sst2 4000")
+
+
 def test_a_missing_or_malformed_block_is_refused_naming_the_fix(production_stack, automations):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -59,10 +59,13 @@ def test_on_demand_form_is_short_typed_and_described():
     schema = parameter_schema(retrain_from_file.fn).model_dump_for_openapi()
     props = schema["properties"]
     assert list(props) == ["config_path", "steps", "learning_rate", "processes", "sharing", "weighting", "sampler",
-                           "max_train_examples", "max_dev_examples", "overrides", "resume_run_dir"]
+                           "max_train_examples", "max_dev_examples", "overrides", "resume_run_dir", "force"]
     assert "required" not in schema  # every field has a default: the form starts filled
+    # no toggle: a dropdown whose first choice keeps the file's value, a number box whose 0 does
     for name in ("sharing", "weighting", "sampler"):
-        assert props[name]["anyOf"][0]["enum"], name
+        assert "anyOf" not in props[name] and props[name]["enum"][0] == "file" and props[name]["default"] == "file"
+    for name in ("steps", "processes", "max_train_examples", "max_dev_examples"):
+        assert (props[name]["type"], props[name]["default"], props[name]["minimum"]) == ("integer", 0, 0), name
     assert all(p.get("description") for p in props.values())
     assert props["steps"]["description"].startswith("training.steps")
     assert "tasks.pos.max_train_examples" in props["overrides"]["description"]
@@ -105,5 +108,17 @@ def test_the_on_demand_flow_refuses_a_wrong_field_before_any_work(tmp_path, monk
     with pytest.raises(ConfigError, match=r"training.stepz: Extra inputs are not permitted"):
         retrain_from_file.fn(steps=3, overrides={"training.stepz": 3, "storage.root": str(tmp_path)})
     assert not any(tmp_path.iterdir())
-    with pytest.raises(ConfigError, match=r"training.steps: Input should be greater than 0 \(got 0\)"):
-        retrain_from_file.fn(steps=0)
+    with pytest.raises(ConfigError, match=r"training.steps: Input should be greater than 0 \(got -1\)"):
+        retrain_from_file.fn(steps=-1)
+
+
+def test_the_on_demand_forms_untouched_fields_keep_the_files_values():
+    from flows.retrain import file_config
+
+    untouched = file_config(str(DEMO), 0, 0.0, 0, "file", "file", "file", 0, 0, {})
+    assert untouched == load_config(DEMO)
+    changed = file_config(str(DEMO), 7, 0.0, 1, "soft", "file", "uniform", 0, 9, {})
+    assert (changed.training.steps, changed.training.processes, changed.training.sharing) == (7, 1, "soft")
+    assert (changed.training.sampler, changed.training.weighting, changed.training.learning_rate) == \
+        ("uniform", "equal", 1e-4)
+    assert [t.max_dev_examples for t in changed.tasks] == [9, 9, 9]
