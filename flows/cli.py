@@ -105,13 +105,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     uri = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), StorageConfig().root)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     try:
-        count = predict_file(args.model_uri, args.file, args.out, tasks, uri)
+        count = predict_file(args.model_uri, args.file, args.out, tasks, uri, chunk=args.chunk_rows,
+                             device=args.device, precision=args.precision)
     except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.out:
         print(f"{count} predictions written to {args.out}", file=sys.stderr)
     return 0
+
+
+def add_device_flags(command: argparse.ArgumentParser) -> None:
+    """--device and --precision: the inference policy's choices (training/evaluation/device.py)."""
+    command.add_argument("--device", default=None,
+                         help="auto, cpu, cuda or cuda:N (default: $MTL_DEVICE, else CUDA when present, else cpu)")
+    command.add_argument("--precision", default=None,
+                         help="auto, fp32, bf16 or fp16 autocast (default: $MTL_PRECISION, else bf16 on a GPU that "
+                              "has it, else fp32)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -123,7 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     uri = tracking_uri(RegistryConfig(tracking_uri=args.tracking_uri), StorageConfig().root)
     try:
-        return serve(args.model_uri, args.host, args.port, args.poll_s, uri)
+        return serve(args.model_uri, args.host, args.port, args.poll_s, uri, device=args.device,
+                     precision=args.precision)
     except ServingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -204,6 +215,10 @@ def parser() -> argparse.ArgumentParser:
     pre.add_argument("--tasks", help="comma-separated tasks to predict (default: all the model's)")
     pre.add_argument("--tracking-uri", default=None,
                      help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///.mtl/mlflow.db)")
+    pre.add_argument("--chunk-rows", type=int, default=1024,
+                     help="inputs read, predicted and written per step; a rerun after a crash goes on from the "
+                          "last row written (default: 1024)")
+    add_device_flags(pre)
     pre.set_defaults(func=cmd_predict)
     srv = sub.add_parser("serve", help="serve a model over HTTP (MLflow's /invocations), following a models:/NAME@ALIAS "
                                        "alias as it moves")
@@ -216,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
                           "and swapped in (default: 30)")
     srv.add_argument("--tracking-uri", default=None,
                      help="MLflow store (default: MLFLOW_TRACKING_URI, else sqlite:///.mtl/mlflow.db)")
+    add_device_flags(srv)
     srv.set_defaults(func=cmd_serve)
     dep = sub.add_parser("deploy", help="create the work pool if missing, deploy prefect.yaml and set up the "
                                         "notification automations, on the Prefect server at PREFECT_API_URL")

@@ -138,10 +138,10 @@ def show_file_values() -> list[str]:
             except (OSError, ValueError) as exc:  # a config the form cannot describe still deploys
                 print(f"form of {deployment.name}: the values of {path} not shown ({exc})")
                 continue
-            for field, value in values.items():
-                if field in props:
-                    text = props[field].get("description", "").split(" | in ")[0]
-                    props[field]["description"] = f"{text} | in {path}: {value}"
+            for name, value in values.items():
+                if name in props:
+                    text = props[name].get("description", "").split(" | in ")[0]
+                    props[name]["description"] = f"{text} | in {path}: {value}"
             client.update_deployment(deployment.id, DeploymentUpdate(parameter_openapi_schema=schema))
             changed.append(deployment.name)
     return changed

@@ -23,24 +23,9 @@ from flows.tasks import TASK_DEFAULTS
 from training.model.multitask import resolve_encoder_path
 from training.redaction import mask_userinfo
 from training.release.fingerprint import FINGERPRINT_TAG, PARTS_TAG, differences, make_fingerprint
-from training.release.registry import client_for, tracking_uri
+from training.release.registry import client_for, holder_at, tracking_uri
 
 OUTCOMES = ("Promoted", "Refused", "Skipped")
-
-
-def champion_version(uri: str, model_name: str, alias: str) -> Any | None:
-    """The version holding `alias`, or None (no model, no alias, or no store yet: a database
-    store is not created just to look)."""
-    from mlflow.exceptions import MlflowException
-
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        return None
-    try:
-        return client_for(uri).get_model_version_by_alias(model_name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
 
 
 @task(name="fingerprint", **TASK_DEFAULTS)
@@ -57,7 +42,7 @@ def check_fingerprint(config: PipelineConfig, run_dir: str, force: bool = False)
     skip, reason = False, ""
     held = f"{config.registry.model_name}@{config.promotion.alias}"
     try:
-        champion = champion_version(tracking_uri(config.registry, config.storage.root), config.registry.model_name,
+        champion = holder_at(tracking_uri(config.registry, config.storage.root), config.registry.model_name,
                                     config.promotion.alias)
     except Exception as exc:  # noqa: BLE001 - an unreachable registry must not stop a nightly
         champion, reason = None, (f"the registry could not be read for the skip check ({mask_userinfo(str(exc))[:300]}): "
@@ -163,7 +148,7 @@ def warm_start_source(config: PipelineConfig, run_dir: str) -> dict[str, Any] | 
     if not init_from:
         return None
     uri = tracking_uri(config.registry, config.storage.root)
-    if init_from == "champion" and champion_version(uri, config.registry.model_name, config.promotion.alias) is None:
+    if init_from == "champion" and holder_at(uri, config.registry.model_name, config.promotion.alias) is None:
         logger.info("training.init_from: champion: %s@%s does not exist yet; this run starts from the base encoder",
                     config.registry.model_name, config.promotion.alias)
         return None
@@ -199,7 +184,7 @@ def evaluate_champion(config: PipelineConfig, specs: list[Any], dev: dict[str, s
 
     uri, name, alias = tracking_uri(config.registry, config.storage.root), config.registry.model_name, \
         config.promotion.alias
-    champion = champion_version(uri, name, alias)
+    champion = holder_at(uri, name, alias)
     if champion is None:
         return {"version": None, "metrics": None, "notes": []}
     version, logger = str(champion.version), get_run_logger()
@@ -226,10 +211,10 @@ def label_notes(champion: dict[str, list[str]], challenger: dict[str, list[str]]
                 version: str) -> list[str]:
     """Where the two models' label sets differ, which labels the comparison was made on."""
     notes = []
-    for task, labels in sorted(challenger.items()):
-        if task not in champion:
-            notes.append(f"{task}: new task, {alias} v{version} has no head for it: no comparison")
-        elif new := [label for label in labels if label not in champion[task]]:
-            notes.append(f"{task}: compared on every dev example, labels {', '.join(new)} included: they are new "
+    for name, labels in sorted(challenger.items()):
+        if name not in champion:
+            notes.append(f"{name}: new task, {alias} v{version} has no head for it: no comparison")
+        elif new := [label for label in labels if label not in champion[name]]:
+            notes.append(f"{name}: compared on every dev example, labels {', '.join(new)} included: they are new "
                          f"since {alias} v{version}, which cannot predict them")
     return notes

@@ -13,33 +13,22 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.alias_lock import alias_lock  # noqa: E402
 from flows.config import StorageConfig  # noqa: E402
+from flows.tasks import TASK_DEFAULTS  # noqa: E402
 from training.config import RegistryConfig  # noqa: E402
 from training.release.audit import check_promotion, check_rollback, promote_by_hand  # noqa: E402
 from training.release.audit import rollback as rollback_alias  # noqa: E402
 from training.release.registry import RegistryRefusal, tracking_uri  # noqa: E402
 
 
-def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
-    """No such version, nothing to roll back to, no reason: a retry cannot change that; a registry
-    that did not answer may."""
-    try:
-        state.result()
-    except RegistryRefusal:
-        return False
-    except Exception:  # noqa: BLE001 - any other failure is worth another try
-        return True
-    return True
-
-
-MOVE_TASK: dict[str, Any] = dict(retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_refused,
-                                 cache_policy=NO_CACHE)
+# no such version, nothing to roll back to, no reason: a retry cannot change that (RegistryRefusal
+# is refused input, see flows.config.REFUSED); a registry that did not answer may
+MOVE_TASK: dict[str, Any] = TASK_DEFAULTS
 
 
 @task(name="promote-by-hand", **MOVE_TASK)

@@ -23,7 +23,7 @@ from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, Reg
 from training.model.multitask import resolve_encoder_path
 from training.evaluation.affinity import AffinityConfig, affinity_from_export, affinity_markdown, affinity_metrics, affinity_table
 from training.release.registry import (champion_labels, client_for, close_run, default_artifact_root, fail_run, open_run,
-                                      promote_if_better, redact_uri, register_model, run_files, run_plots,
+                                      redact_uri, register_model, run_files, run_plots,
                                       tracking_uri)
 from training.evaluation.evaluate import evaluate_export
 from training.launch.layout import RunLayout

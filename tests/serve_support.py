@@ -76,11 +76,18 @@ def serving(model_uri: str, tracking_uri: str, log: Path, poll_s: float = 1.0,
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
                                 env=env)
     url = f"http://127.0.0.1:{port}"
+    with running(proc, url, log, "mtl serve"):
+        yield url
+
+
+@contextmanager
+def running(proc: subprocess.Popen, url: str, log: Path, what: str) -> Iterator[None]:
+    """A server process (its own process group) waited for on `url`/ping, stopped at the end."""
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mtl serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 if http_get(f"{url}/ping")[0] == 200:
                     break
@@ -89,7 +96,7 @@ def serving(model_uri: str, tracking_uri: str, log: Path, poll_s: float = 1.0,
             if time.monotonic() > deadline:
                 pytest.fail(f"no answer on {url}/ping after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        yield url
+        yield
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

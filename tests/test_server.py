@@ -135,11 +135,11 @@ def test_it_follows_the_alias_to_a_new_version_and_back(server, store, expected)
     url, log = server
     client = client_for(store["uri"])
     client.set_registered_model_alias(MODEL, "champion", "2")
-    assert wait_forserved_version(url, "2")["run_id"] == store["run2"]
+    assert wait_for_version(url, "2")["run_id"] == store["run2"]
     assert invoke(url, {"dataframe_records": RECORDS}) == (200, {"predictions": expected["2"]})
 
     client.set_registered_model_alias(MODEL, "champion", "1")  # a rollback
-    assert wait_forserved_version(url, "1")["run_id"] == store["run1"]
+    assert wait_for_version(url, "1")["run_id"] == store["run1"]
     assert invoke(url, {"dataframe_records": RECORDS}) == (200, {"predictions": expected["1"]})
     swaps = [line for line in log.read_text().splitlines() if "now serving version" in line]
     assert len(swaps) == 2 and "version 2 (run" in swaps[0] and swaps[1].endswith("was version 2"), swaps

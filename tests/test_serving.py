@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from serve_support import running
 from training.task_spec import TaskSpec
 
 MODEL = "serve-mtl"
@@ -26,7 +25,6 @@ LABELS = {t.name: set(t.labels) for t in TASKS}
 TOKENS = ["The", "cat", "sat", "."]
 TEXT = "a gorgeous , witty , seductive movie ."
 PAIR = ("A man is sleeping in his bed .", "A person rests .")
-SERVER_START_TIMEOUT_S = 300  # loading torch and transformers on a busy 2-core machine
 
 
 def _train_a_few_steps(model, tokenizer) -> None:
@@ -101,11 +99,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str, timeout: float = 5) -> int:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.status
-
-
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
     """`mlflow models serve` on the champion, as a user starts it; stopped (its process group) at the end."""
@@ -119,27 +112,8 @@ def server(store, tmp_path_factory):
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri, "PATH": path})
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if _get(f"{url}/ping") == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no answer on {url}/ping after {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with running(proc, url, log, "mlflow models serve"):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 def _strict(constant: str) -> None:
@@ -198,7 +172,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_mtl_predict_reads_jsonl_from_the_registry_and_writes_the_chosen_tasks(store, expected, tmp_path):
+def test_mtl_predict_reads_jsonl_from_the_registry_and_writes_the_chosen_tasks(store, expected, tmp_path, capsys):
     from flows.cli import main
 
     inputs = tmp_path / "in.jsonl"
@@ -210,7 +184,8 @@ def test_mtl_predict_reads_jsonl_from_the_registry_and_writes_the_chosen_tasks(s
         assert main(["predict", uri, str(inputs), "--out", str(out), "--tracking-uri", store.tracking_uri,
                      "--tasks", "sst2,pos"]) == 0
         assert _lines(out) == want, uri
-    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temp file left
+        assert "Downloading artifacts" not in capsys.readouterr().err  # no MLflow progress bar per file
+    assert not [p for p in out.parent.iterdir() if p.name != out.name]  # no temp file or resume marker left
 
 
 def test_mtl_predict_reads_a_csv_of_pairs_with_an_export_folder_and_prints(export, expected, tmp_path, capsys):

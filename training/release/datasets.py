@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from training.redaction import mask_userinfo
-from training.release.registry import client_for
+from training.release.registry import client_for, holder_at
 
 PROFILE_FOLDER = "data"
 PROFILE_FILE = "data_profile.json"
@@ -103,15 +103,10 @@ def champion_profile(uri: str, model_name: str, alias: str) -> dict[str, Any] | 
     """The data profile of the run behind models:/`model_name`@`alias`; None when there is no
     such model (a database store is not created just to look) or its run has no profile (a
     champion trained before profiles were recorded)."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    version = holder_at(uri, model_name, alias)
+    if version is None or not version.run_id:
         return None
     client = client_for(uri)
-    try:
-        version = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
-        return None
-    if not version.run_id:
-        return None
     artifact = f"{PROFILE_FOLDER}/{PROFILE_FILE}"
     if artifact not in {f.path for f in client.list_artifacts(version.run_id, PROFILE_FOLDER)}:
         return None

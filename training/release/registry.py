@@ -373,14 +373,9 @@ def run_plots(confusions: dict[str, dict[str, Any]] | None = None,
 def champion_labels(uri: str, model_name: str, alias: str) -> dict[str, list[str]] | None:
     """Each task's label list in the model holding `alias`, so a retrain keeps their ids.
     None when there is no such model yet (a database store is not created just to look)."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+    if (version := holder_at(uri, model_name, alias)) is None:
         return None
-    client = client_for(uri)
-    try:
-        version = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException:
-        return None
-    card = json.loads(Path(client.download_artifacts(version.run_id, f"{CARD_ARTIFACT}/{CARD}")).read_text())
+    card = json.loads(Path(client_for(uri).download_artifacts(version.run_id, f"{CARD_ARTIFACT}/{CARD}")).read_text())
     return {t["name"]: list(t["labels"]) for t in card["tasks"]}
 
 
@@ -418,13 +413,22 @@ MAX_TAG_VALUE = 5000  # far below MLflow's limit for version tags; a gate text o
 
 
 def alias_holder(client: MlflowClient, model_name: str, alias: str) -> ModelVersion | None:
-    """The version `alias` points at; None when the alias (or the model) does not exist yet."""
+    """The version `alias` points at; None when the alias (or the model) does not exist yet. A
+    store that does not answer raises."""
     try:
         return client.get_model_version_by_alias(model_name, alias)
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
         raise
+
+
+def holder_at(uri: str, model_name: str, alias: str) -> ModelVersion | None:
+    """`alias_holder` in the store at `uri`; None, too, when a database store does not exist yet
+    (it is not created just to look)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return None
+    return alias_holder(client_for(uri), model_name, alias)
 
 
 def require_store(uri: str) -> None:
