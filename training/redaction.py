@@ -17,10 +17,14 @@ def mask_userinfo(text: str) -> str:
 
 
 def redact_uri(uri: str) -> str:
-    """A tracking URI fit for a log or an artifact: credentials in it are replaced."""
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = "***@" + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A tracking URI fit for a log or an artifact: credentials in it are replaced. The host and
+    port stay as written (an IPv6 host keeps its brackets, a bad port does not raise), and a URI
+    urllib cannot split, or one inside another's query, is masked like any text."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return mask_userinfo(uri)
+    if "@" not in parts.netloc:
+        return mask_userinfo(uri)
+    netloc = "***@" + parts.netloc.rpartition("@")[2]
+    return mask_userinfo(urlunsplit(parts._replace(netloc=netloc)))

@@ -20,7 +20,15 @@ def _draw(names: list[str], probs: np.ndarray, seed: int, draw: int) -> str:
 
 
 def _power(sizes: np.ndarray, alpha: float) -> np.ndarray:
-    weights = sizes.astype(np.float64) ** alpha
+    with np.errstate(over="ignore"):
+        weights = sizes.astype(np.float64) ** alpha
+        total = weights.sum()
+    if np.isfinite(total):
+        return weights / total
+    # a small temperature overflows float64 (10000 ** (1 / 0.01)) and inf / inf is NaN, which
+    # `rng.choice` refuses: the same ratios in log space (found by tests/test_properties.py)
+    logs = alpha * np.log(sizes.astype(np.float64))
+    weights = np.exp(logs - logs.max())
     return weights / weights.sum()
 
 
