@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.func import functional_call
 
+from training.evaluation.device import inference_device
 from training.trainer.batches import collate, load_features
 from training.model.multitask import MultiTaskModel
 
@@ -90,12 +91,17 @@ def sample_batches(features: dict[str, str], pad_id: int, rounds: int, batch_siz
 
 
 def affinity_from_export(export_dir: str | Path, features: dict[str, str], method: Method = "lookahead",
-                         rounds: int = 4, batch_size: int = 16, lr: float = 1e-3, seed: int = 0) -> dict[str, Any]:
-    """The affinity report of an exported model: `{"method", "lr", "tasks", "matrix"}`."""
+                         rounds: int = 4, batch_size: int = 16, lr: float = 1e-3, seed: int = 0,
+                         device: str | torch.device | None = None) -> dict[str, Any]:
+    """The affinity report of an exported model: `{"method", "lr", "tasks", "matrix"}`. On the
+    inference policy's device (`device`; None: MTL_DEVICE, else CUDA when present), always in fp32:
+    a lookahead cell is a relative loss change of about lr x |gradient|^2, below what bf16 resolves."""
     from training.model.export import load_export
 
-    model, tokenizer, _ = load_export(export_dir)
-    batches = sample_batches({t: features[t] for t in model.tasks}, tokenizer.pad_token_id, rounds, batch_size, seed)
+    target = inference_device(device)
+    model, tokenizer, _ = load_export(export_dir, target)
+    sampled = sample_batches({t: features[t] for t in model.tasks}, tokenizer.pad_token_id, rounds, batch_size, seed)
+    batches = {t: [{k: v.to(target) for k, v in b.items()} for b in found] for t, found in sampled.items()}
     matrix = affinity_matrix(model, batches, method, lr)
     return {"method": method, "lr": lr, "tasks": list(matrix), "matrix": matrix}
 

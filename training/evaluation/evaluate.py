@@ -12,6 +12,7 @@ import numpy as np
 from data_prep.config import is_pair_task, is_regression, is_token_task
 from data_prep.examples import Example
 from data_prep.stage import read_examples
+from training.evaluation.device import inference_device
 from training.evaluation.metrics import METRICS, Labels, metrics_for
 from training.evaluation.predict import Predictor
 from training.task_spec import TaskSpec, exported
@@ -44,9 +45,10 @@ def evaluate_task(predictor: Predictor, task: TaskSpec, examples: list[Example])
 
 
 def evaluate_model(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
-                   batch_size: int) -> dict[str, dict[str, float]]:
+                   batch_size: int, device: str | None = None) -> dict[str, dict[str, float]]:
     """Every exported task's metrics (auxiliary tasks are not in the export)."""
-    return {name: found.metrics for name, found in evaluate_export(export_dir, tasks, dev_files, batch_size).items()}
+    found = evaluate_export(export_dir, tasks, dev_files, batch_size, device)
+    return {name: task.metrics for name, task in found.items()}
 
 
 @dataclass
@@ -56,10 +58,13 @@ class TaskEvaluation:
 
 
 def evaluate_export(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
-                    batch_size: int) -> dict[str, TaskEvaluation]:
+                    batch_size: int, device: str | None = None) -> dict[str, TaskEvaluation]:
     """Every exported task's metrics and, for classification tasks, the confusion counts of the
-    same predictions (a tag per word for token tasks)."""
-    predictor = Predictor(export_dir, batch_size=batch_size)
+    same predictions (a tag per word for token tasks). On the inference policy's device and
+    precision (`device`: training.eval_device; None or auto: MTL_DEVICE, else CUDA when present);
+    batches by the Predictor's token budget, at most `batch_size` rows each."""
+    target = inference_device(device, what="training.eval_device")
+    predictor = Predictor(export_dir, batch_size=batch_size, device=target)
     out = {}
     for task in exported(tasks):
         gold, pred = predict_split(predictor, task, read_examples(dev_files[task.name]))

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer
 
+from training.evaluation.device import inference_device
 from training.model.multitask import MultiTaskModel, build_model_skeleton, inference_state
 from training.task_spec import TaskSpec
 
@@ -65,7 +66,12 @@ def card_sharing(card: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return card["sharing"], dict(card.get("sharing_params", {}))
 
 
-def load_export(export_dir: str | Path) -> tuple[MultiTaskModel, Any, dict[str, Any]]:
+def load_export(export_dir: str | Path, device: str | torch.device | None = None
+                ) -> tuple[MultiTaskModel, Any, dict[str, Any]]:
+    """The exported model in eval mode on `device` (the inference policy's choice when None: CUDA
+    when present, see training/evaluation/device.py), its tokenizer and its card. The weights stay
+    fp32: precision is the caller's autocast."""
+    target = inference_device(device)
     root = Path(export_dir)
     card = read_card(root)
     tasks = [TaskSpec(**t) for t in card["tasks"]]
@@ -75,6 +81,6 @@ def load_export(export_dir: str | Path) -> tuple[MultiTaskModel, Any, dict[str, 
     if missing or unexpected:
         raise ValueError(f"{root / WEIGHTS} does not match the model card: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
-    model.eval()
+    model.to(target).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
     return model, tokenizer, card

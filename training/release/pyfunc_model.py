@@ -9,6 +9,8 @@ no row has a `text_pair`, and are None for a row without one.
 Bad input raises an MlflowException (INVALID_PARAMETER_VALUE) naming each row and field, so that
 `mlflow models serve` answers 400 with that text and no stack trace.
 The logged model's signature and input example say the same (training/release/signature.py).
+Device and precision: the inference policy's (training/evaluation/device.py): MTL_DEVICE and
+MTL_PRECISION in the server's environment, else CUDA with bf16 where the GPU has it, else the CPU.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class MultiTaskPyfunc(PythonModel):
     def load_context(self, context: Any) -> None:
         from training.evaluation.predict import Predictor
 
+        # no flags reach a model behind `mlflow models serve`: the policy reads MTL_DEVICE / MTL_PRECISION
         self.predictor = Predictor(context.artifacts["model_dir"])
 
     # no type hints here: MLflow would read them as a (list-based) input schema

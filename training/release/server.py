@@ -137,12 +137,14 @@ class Loaded:
             return predict_inputs(self.predictor, inputs)
 
 
-def load(target: Target, tracking_uri: str | None) -> Loaded:
-    """Download (into a folder that goes once the weights are in memory) and load the model."""
+def load(target: Target, tracking_uri: str | None, device: str | None = None, precision: str | None = None) -> Loaded:
+    """Download (into a folder that goes once the weights are in memory) and load the model on the
+    inference policy's device and precision (None: MTL_DEVICE / MTL_PRECISION, else CUDA with bf16
+    where the GPU has it, else the CPU in fp32)."""
     from training.evaluation.predict import Predictor
 
     with tempfile.TemporaryDirectory(prefix="mtl-serve-") as work:
-        predictor = Predictor(resolve_export(target.uri, tracking_uri, work))
+        predictor = Predictor(resolve_export(target.uri, tracking_uri, work), device=device, precision=precision)
     return Loaded(predictor, target.version, target.run_id)
 
 
@@ -154,8 +156,9 @@ class ModelHolder:
     """The model being served, swapped by one assignment: a request takes `current` once and
     keeps that model to the end."""
 
-    def __init__(self, source: Source, poll_s: float) -> None:
+    def __init__(self, source: Source, poll_s: float, device: str | None = None, precision: str | None = None) -> None:
         self.source, self.poll_s = source, poll_s
+        self.device, self.precision = device, precision
         self.current: Loaded | None = None
         self.last_check: str | None = None
         self.last_error: str | None = None
@@ -165,7 +168,7 @@ class ModelHolder:
     def load_first(self) -> Loaded:
         target = self.source.resolve()
         try:
-            self.current = load(target, self.source.tracking_uri)
+            self.current = load(target, self.source.tracking_uri, self.device, self.precision)
         except ServingError:
             raise
         except (ValueError, OSError) as exc:  # an export that does not match its card, a file that went away
@@ -185,7 +188,7 @@ class ModelHolder:
         if failed_at is not None and time.monotonic() - failed_at < RETRY_FAILED_S:
             return
         try:
-            new = load(target, self.source.tracking_uri)
+            new = load(target, self.source.tracking_uri, self.device, self.precision)
         except Exception as exc:  # noqa: BLE001 - whatever breaks a load, the old model keeps serving
             self._failed[str(target.version)] = time.monotonic()
             self.last_error = f"version {target.version} did not load: {exc}"
@@ -219,6 +222,8 @@ class ModelHolder:
                 "follows_alias": self.source.alias is not None,
                 "poll_s": self.poll_s if self.source.alias is not None else None,
                 "tasks": list(model.predictor.tasks) if model else [],
+                "device": str(model.predictor.device) if model else self.device,
+                "precision": self.precision,
                 "last_error": self.last_error}
 
 
@@ -407,16 +412,25 @@ class ModelHTTPServer(ThreadingHTTPServer):
 
 
 def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, poll_s: float = 30.0,
-          tracking_uri: str | None = None) -> int:
+          tracking_uri: str | None = None, device: str | None = None, precision: str | None = None) -> int:
     """Listen on host:port at once (/ping answers 503 while the model loads), load the model, follow a
     `models:/NAME@ALIAS` URI every `poll_s` seconds; until SIGTERM or SIGINT. Returns 0; a model that
-    cannot be loaded at the start or a port that cannot be bound raises ServingError."""
+    cannot be loaded at the start, a device or precision this machine lacks or a port that cannot be
+    bound raises ServingError. `device`, `precision`: as `mtl predict`'s (None: MTL_DEVICE, MTL_PRECISION,
+    else the best this machine has)."""
+    from training.evaluation.device import DeviceError, inference_device, inference_dtype, precision_name
+
     if not poll_s > 0:
         raise ServingError(f"--poll-s {poll_s}: give a number of seconds above 0")
+    try:  # refused before the port is bound, and every version loads where the first did
+        placed = inference_device(device, what="--device")
+        dtype = inference_dtype(placed, precision, what="--precision")
+    except DeviceError as exc:
+        raise ServingError(str(exc)) from None
     _log_to_stderr()
     # a bar per download would fill the server's log with carriage returns at every swap
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    holder = ModelHolder(Source(model_uri, tracking_uri), poll_s)
+    holder = ModelHolder(Source(model_uri, tracking_uri), poll_s, str(placed), precision_name(dtype))
     try:
         httpd = ModelHTTPServer((host, port), holder)
     except OSError as exc:
@@ -427,8 +441,8 @@ def serve(model_uri: str, host: str = "127.0.0.1", port: int = 5001, poll_s: flo
         log.info("loading %s ...", model_uri)
         model = holder.load_first()
         following = f"; following the alias every {poll_s:g} s" if holder.source.alias else ""
-        log.info("serving %s version %s (run %s) on http://%s:%d%s", model_uri, model.version, model.run_id,
-                 host, httpd.server_address[1], following)
+        log.info("serving %s version %s (run %s) on http://%s:%d (%s, %s)%s", model_uri, model.version,
+                 model.run_id, host, httpd.server_address[1], placed, precision_name(dtype), following)
         if holder.source.alias is not None:
             threading.Thread(target=holder.follow, name="alias-poll", daemon=True).start()
         while not holder.stop.wait(1.0):
