@@ -198,7 +198,8 @@ def evaluate_champion(config: PipelineConfig, specs: list[Any], dev: dict[str, s
         return {"version": version, "metrics": None, "notes": notes}
     mine = [s for s in exported(specs) if s.name in labels]
     sizes = {s.name: sum(1 for line in open(dev[s.name], encoding="utf-8") if line.strip()) for s in mine}
-    found = evaluate_export(str(export), mine, dev, config.training.eval_batch_size)
+    found = evaluate_export(str(export), mine, dev, config.training.eval_batch_size,
+                            device=config.training.eval_device)
     metrics = {task: e.metrics for task, e in found.items()}
     notes.append(f"both models scored in this flow run, by the same code, on the current dev split "
                  f"({', '.join(f'{t} {n}' for t, n in sizes.items())} examples)")

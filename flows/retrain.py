@@ -114,9 +114,10 @@ def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]]
     training = config.training if warm else config.training.model_copy(update={"init_from": None})
     export_dir = train(config.encoder, training, config.deepspeed, specs, features, run_dir, dev,
                        warm["export"] if warm else None, warm["source"] if warm else None)
-    metrics = evaluate(export_dir, specs, dev, config.training.eval_batch_size, run_dir)
+    device = config.training.eval_device
+    metrics = evaluate(export_dir, specs, dev, config.training.eval_batch_size, run_dir, device)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
-                          data_params(tokenized), metrics, task_affinity(export_dir, features, config.affinity))
+                          data_params(tokenized), metrics, task_affinity(export_dir, features, config.affinity, device))
     tag_fingerprint(registered, fingerprint)
     champion = evaluate_champion(config, specs, dev, run_dir)
     decision = promote(registered, specs, config.promotion, champion, metrics)

@@ -273,10 +273,10 @@ def train(encoder: EncoderConfig, training: TrainingConfig, deepspeed: DeepSpeed
 
 @task(name="evaluate", **TASK_DEFAULTS)
 def evaluate(export_dir: str, specs: list[TaskSpec], dev_files: dict[str, str],
-             batch_size: int, run_dir: str | None = None) -> dict[str, dict[str, float]]:
+             batch_size: int, run_dir: str | None = None, device: str | None = None) -> dict[str, dict[str, float]]:
     """Dev metrics per task; with `run_dir`, the classification tasks' confusion counts go to
-    <run>/eval/confusion.json (for the MLflow run's figures)."""
-    found = evaluate_export(export_dir, specs, dev_files, batch_size)
+    <run>/eval/confusion.json (for the MLflow run's figures). `device`: `training.eval_device`."""
+    found = evaluate_export(export_dir, specs, dev_files, batch_size, device=device)
     metrics = {name: e.metrics for name, e in found.items()}
     if run_dir is not None:
         confusions = {name: e.confusion for name, e in found.items() if e.confusion is not None}
@@ -292,11 +292,14 @@ def confusion_file(run_dir: str) -> Path:
 
 
 @task(name="task-affinity", **TASK_DEFAULTS)
-def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityConfig) -> dict[str, float]:
-    """How a step on each task moves every task's loss: a table artifact, and MLflow metrics."""
+def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityConfig,
+                  device: str | None = None) -> dict[str, float]:
+    """How a step on each task moves every task's loss: a table artifact, and the cells for the
+    MLflow run. `device`: `training.eval_device`."""
     if settings.method == "off":
         return {}
-    report = affinity_from_export(export_dir, features, settings.method, settings.rounds, settings.batch_size)
+    report = affinity_from_export(export_dir, features, settings.method, settings.rounds, settings.batch_size,
+                                  device=device)
     create_table_artifact(table(affinity_table(report)), key="task-affinity",
                           description=f"{settings.method} affinity: row = task stepped on, column = task whose "
                                       "loss moves; positive = helps")
@@ -307,9 +310,11 @@ def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityC
 @task(name="register", **TASK_DEFAULTS)
 def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: str, run_dir: str,
              export_dir: str, params: dict[str, Any], metrics: dict[str, dict[str, float]],
-             data_metrics: dict[str, float]) -> dict[str, Any]:
-    """Fill the flow run's MLflow run (`params`: e.g. data statistics; `data_metrics`: e.g.
-    affinity cells; curves, files and figures) and register one version of its model."""
+             affinity: dict[str, float]) -> dict[str, Any]:
+    """Fill the flow run's MLflow run (`params`: e.g. data statistics; curves, files and figures)
+    and register one version of its model. `affinity` (cells `affinity.<i>.<j>`) is one
+    measurement, not a curve: a table artifact `affinity/task_affinity.json` and the heatmap
+    `plots/task_affinity.png`, not K x K one-point metrics ahead of the loss curves."""
     uri = quiet_urls(tracking_uri(registry, state_dir))
     artifacts, logs = run_files(run_dir, export_dir)
     confusions = json.loads(confusion_file(run_dir).read_text()) if confusion_file(run_dir).is_file() else {}
@@ -318,9 +323,15 @@ def register(registry: RegistryConfig, promotion: PromotionConfig, state_dir: st
     note = f"Registered from run key `{key}`" + (f", Prefect flow run {links['mtl.prefect_flow_run_url']}"
                                                    if "mtl.prefect_flow_run_url" in links else "")
     registered = register_model(registry, uri, default_artifact_root(uri, state_dir), key,
-                                export_dir, params, metrics, artifacts, promotion.challenger_alias, data_metrics,
-                                logs, run_name=key, tags=links, images=run_plots(confusions, data_metrics),
+                                export_dir, params, metrics, artifacts, promotion.challenger_alias, None,
+                                logs, run_name=key, tags=links, images=run_plots(confusions, affinity),
                                 description=note)
+    if affinity:
+        rows = [key.split(".", 2)[1:] + [value] for key, value in sorted(affinity.items())]
+        client_for(uri).log_table(registered.run_id, {"stepped_on": [r[0] for r in rows],
+                                                      "loss_of": [r[1] for r in rows],
+                                                      "affinity": [r[2] for r in rows]},
+                                  artifact_file="affinity/task_affinity.json")
     get_run_logger().info("registered %s version %s (MLflow run %s)", registered.model_name, registered.version,
                           registered.run_id)
     create_markdown_artifact(

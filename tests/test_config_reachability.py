@@ -453,6 +453,20 @@ class Seen:
         promoted, _ = promote_if_better(self.store["uri"], name, "2", {"sst2": "accuracy"}, self.cfg.promotion)
         return promoted, sorted(aliases_of(client, name, "2"))
 
+    def eval_device(self) -> str:
+        """The flow's evaluate task on an export that does not exist: the device is chosen before the
+        export is read, and a CUDA device this machine lacks is refused naming the field."""
+        from flows.tasks import evaluate
+        from training.evaluation.device import DeviceError
+
+        try:
+            evaluate.fn(str(self.world.tmp / "no-export"), [], {}, 8, None, self.cfg.training.eval_device)
+        except DeviceError as exc:
+            return "refused: " + str(exc).split(":", 1)[0]
+        except OSError:
+            return "went for the export"
+        return "evaluated"
+
     def affinity(self) -> str:
         """The task-affinity task's body on an export that does not exist: `off` returns before it."""
         from flows.tasks import task_affinity
@@ -650,9 +664,9 @@ CASES: dict[str, Case] = {
     "training.log_memory": Case(True, (spec_check("training.log_memory"),), note="Engine and train_loop (worker)"),
     "training.eval_batch_size": Case(8, (Check("dev evaluator", lambda s: s.evaluator.batch_size),), also=EVAL,
                                      note="also the flow's evaluate and evaluate-champion tasks"),
-    "training.eval_device": Case("cpu", (spec_check("training.eval_device"),),
-                                note="the device evaluation runs on (training/evaluation/evaluate.py); the flow's "
-                                     "evaluate tasks do not pass it yet: point this case at them once they do"),
+    "training.eval_device": Case("cuda", (Check("the flow's evaluate task", lambda s: s.eval_device(),
+                                                "refused: training.eval_device='cuda'"),),
+                                note="also the evaluate-champion and task-affinity tasks"),
     "training.eval_every": Case(5, (Check("dev evaluator", lambda s: s.evaluator and s.evaluator.every),)),
     "training.eval_max_examples": Case(10, (Check("dev evaluator sample", lambda s: (
         len(s.evaluator.examples["sst2"]))),), also=EVAL),
@@ -752,7 +766,7 @@ RUN_ONLY_SETTINGS = frozenset({
     "training.node_rank", "training.master_addr", "training.master_port", "training.hostfile",
     "training.multi_node_launch", "training.launcher", "training.checkpoint_uri", "training.checkpoint_every",
     "training.keep_checkpoints", "training.log_every", "training.log_memory", "training.timeout_s",
-    "training.threads_per_process", "training.eval_batch_size",
+    "training.threads_per_process", "training.eval_batch_size", "training.eval_device",
     "tasks.*.train", "tasks.*.dev", "tasks.*.max_label_shift",
 })
 

@@ -180,11 +180,15 @@ def test_second_run_keeps_label_ids_and_logs_data_statistics(runs):
     assert not [k for k in run.data.metrics if k.startswith("data.")]  # statistics are params, not metrics
 
 
-def test_task_affinity_matrix_is_logged(runs):
+def test_task_affinity_matrix_is_logged_as_a_table_and_a_heatmap_not_as_metrics(runs):
     first, _ = runs
-    logged = MlflowClient(first["tracking_uri"]).get_run(first["run_id"]).data.metrics
-    cells = {k for k in logged if k.startswith("affinity.")}
-    assert cells == {f"affinity.{i}.{j}" for i in ("pos", "ner", "sst2") for j in ("pos", "ner", "sst2")}
+    client = MlflowClient(first["tracking_uri"])
+    assert not [k for k in client.get_run(first["run_id"]).data.metrics if k.startswith("affinity.")]
+    with open(client.download_artifacts(first["run_id"], "affinity/task_affinity.json"), encoding="utf-8") as f:
+        table = json.load(f)
+    cells = dict(zip(zip(*[[row[i] for row in table["data"]] for i in (0, 1)]), [row[2] for row in table["data"]]))
+    assert set(cells) == {(i, j) for i in ("pos", "ner", "sst2") for j in ("pos", "ner", "sst2")}
+    assert "plots/task_affinity.png" in {a.path for a in client.list_artifacts(first["run_id"], "plots")}
 
 
 def test_the_auxiliary_task_trains_but_is_not_registered_and_dev_curves_come_from_training(runs):

@@ -29,7 +29,7 @@ RUN_ONLY: frozenset[str] = frozenset({
     "training.node_rank", "training.master_addr", "training.master_port", "training.hostfile",
     "training.multi_node_launch", "training.launcher", "training.checkpoint_uri", "training.checkpoint_every",
     "training.keep_checkpoints", "training.log_every", "training.log_memory", "training.timeout_s",
-    "training.threads_per_process", "training.eval_batch_size",
+    "training.threads_per_process", "training.eval_batch_size", "training.eval_device",
     # where a task's files are is not what they hold: their content is the data part
     "tasks.*.train", "tasks.*.dev", "tasks.*.max_label_shift",
 })
