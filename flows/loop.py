@@ -22,7 +22,7 @@ from flows.config import PipelineConfig
 from flows.tasks import TASK_DEFAULTS
 from training.model.multitask import resolve_encoder_path
 from training.redaction import mask_userinfo
-from training.release.fingerprint import FINGERPRINT_TAG, PARTS_TAG, differences, make_fingerprint
+from training.release.fingerprint import FINGERPRINT_TAG, PARTS_TAG, Fingerprint, differences, make_fingerprint
 from training.release.registry import client_for, holder_at, tracking_uri
 
 OUTCOMES = ("Promoted", "Refused", "Skipped")
@@ -39,38 +39,37 @@ def check_fingerprint(config: PipelineConfig, run_dir: str, force: bool = False)
                             sources)
     atomic_write_text(Path(run_dir) / "fingerprint.json",
                       json.dumps({"value": mine.value, "parts": mine.parts, "unpinned": mine.unpinned}, indent=2))
-    skip, reason = False, ""
-    held = f"{config.registry.model_name}@{config.promotion.alias}"
     try:
         champion = holder_at(tracking_uri(config.registry, config.storage.root), config.registry.model_name,
-                                    config.promotion.alias)
+                             config.promotion.alias)
+        skip, reason = skip_decision(mine, champion, f"{config.registry.model_name}@{config.promotion.alias}", force)
     except Exception as exc:  # noqa: BLE001 - an unreachable registry must not stop a nightly
-        champion, reason = None, (f"the registry could not be read for the skip check ({mask_userinfo(str(exc))[:300]}): "
-                                  "training anyway")
-    if reason:
-        pass
-    elif mine.value is None:
-        reason = "no skip possible: " + "; ".join(mine.unpinned)
-    elif champion is None:
-        reason = f"no champion {held} yet: training"
-    elif FINGERPRINT_TAG not in champion.tags:
-        reason = (f"champion {held} (v{champion.version}) has no fingerprint (registered before fingerprints "
-                  "were recorded): training, and the gate decides")
-    elif champion.tags[FINGERPRINT_TAG] != mine.value:
-        theirs = json.loads(champion.tags.get(PARTS_TAG) or "{}")
-        changed = differences(mine.parts, theirs) if theirs else ["(the champion's parts are not recorded)"]
-        reason = f"inputs differ from champion {held} (v{champion.version}): {', '.join(changed)}: training"
-    elif force:
-        reason = f"same inputs as champion {held} (v{champion.version}), but force is set: training anyway"
-    else:
-        skip = True
-        reason = (f"same inputs as champion {held} (v{champion.version}): data, settings, code and encoder "
-                  f"(fingerprint {mine.value}); nothing to train. Set force to train anyway.")
+        champion, skip = None, False
+        reason = f"the registry could not be read for the skip check ({mask_userinfo(str(exc))[:300]}): training anyway"
     logger.info("fingerprint %s: %s", mine.value, reason)
     create_markdown_artifact(fingerprint_markdown(mine.value, mine.parts, reason), key="fingerprint",
                              description="what made this run, and whether it needs to train")
     return {"value": mine.value, "parts": mine.parts, "skip": skip, "reason": reason,
             "champion_version": None if champion is None else str(champion.version)}
+
+
+def skip_decision(mine: Fingerprint, champion: Any | None, held: str, force: bool) -> tuple[bool, str]:
+    """(skip, the reason for people) for this run's fingerprint against the champion's version."""
+    if mine.value is None:
+        return False, "no skip possible: " + "; ".join(mine.unpinned)
+    if champion is None:
+        return False, f"no champion {held} yet: training"
+    if FINGERPRINT_TAG not in champion.tags:
+        return False, (f"champion {held} (v{champion.version}) has no fingerprint (registered before fingerprints "
+                       "were recorded): training, and the gate decides")
+    if champion.tags[FINGERPRINT_TAG] != mine.value:
+        theirs = json.loads(champion.tags.get(PARTS_TAG) or "{}")
+        changed = differences(mine.parts, theirs) if theirs else ["(the champion's parts are not recorded)"]
+        return False, f"inputs differ from champion {held} (v{champion.version}): {', '.join(changed)}: training"
+    if force:
+        return False, f"same inputs as champion {held} (v{champion.version}), but force is set: training anyway"
+    return True, (f"same inputs as champion {held} (v{champion.version}): data, settings, code and encoder "
+                  f"(fingerprint {mine.value}); nothing to train. Set force to train anyway.")
 
 
 def fingerprint_markdown(value: str | None, parts: dict[str, str], reason: str) -> str:
