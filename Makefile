@@ -45,7 +45,8 @@ servers: $(STAMP)
 	$(BIN)/python tests/servers.py
 
 # PNGs of the Prefect run form, a finished flow run and the MLflow run (tools/screenshots.py; needs
-# chromium: apt-get install chromium). About 5 minutes; not part of `make test`.
+# chromium: apt-get install chromium), and of the retraining loop's gate and data report for the README
+# (docs/images/). About 20 minutes on 2 busy cores; not part of `make test`.
 screenshots: $(STAMP)
 	$(BIN)/python tools/screenshots.py
 
