@@ -73,8 +73,8 @@ def checkpoint(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def selected(demo, tmp_path_factory) -> tuple[Path, Path, list[str]]:
     """2 processes under ZeRO-2, each evaluating its share of the dev samples. (ZeRO-3's gathered
-    evaluation copy is checked in-process in test_selection.py: a ZeRO-3 run does not resume to the
-    same numbers, which the resume test below needs.)"""
+    evaluation copy is checked in-process in test_selection.py; ZeRO-3 resume exactness in
+    test_engine_resume_zero3.py.)"""
     run = tmp_path_factory.mktemp("selected")
     lines: list[str] = []
     return run, train(demo, run, 2, lines, **SELECTED), lines

@@ -19,7 +19,8 @@ def check_version() -> str | None:
 
     if deepspeed.__version__ != WRITTEN_FOR:
         return (f"DeepSpeed {deepspeed.__version__} is installed; training.trainer.deepspeed_fixes was written "
-                f"for {WRITTEN_FOR}: the ZeRO-3 master-weight aliasing and the engine's own clipping rely on "
+                f"for {WRITTEN_FOR}: the ZeRO-3 master-weight aliasing, the clearing of ZeRO-3's gradient partitions "
+                "(exact resume) and the engine's own clipping rely on "
                 "its internals (each checks what it uses and stands down if it is missing)")
     return None
 
@@ -119,3 +120,25 @@ def share_zero3_master_weights(optimizer: Any) -> int:
     return freed
 
 
+
+
+def clear_zero3_gradient_partitions(optimizer: Any) -> None:
+    """Zero ZeRO-3's gradient partitions after an optimizer step, so a parameter that gets no
+    gradient in the next accumulation window (a task head that step did not train) steps with a
+    zero gradient instead of its last one.
+
+    ZeRO-3 reduces each gradient into a persistent flat buffer (`grad_partitions_flat_buffer`; under
+    optimizer offload then into the fp32 partitions' `.grad`), overwriting on a window's first
+    micro-step and adding after it, but only for the parameters whose gradient hooks fired: the
+    others' slices keep whatever they held, and the step (and the gradient norm for clipping) reads
+    every slice. So an unused head moved again by its stale gradient, a head first used on a later
+    micro-step added to it, and a resumed run, whose fresh buffer is zero, went its own way from the
+    second step after the resume. ZeRO-1/2 give unused parameters zeros; this makes ZeRO-3 do the
+    same. A memset of this process's gradient partition per optimizer step."""
+    flat = getattr(optimizer, "grad_partitions_flat_buffer", None)
+    if isinstance(flat, torch.Tensor):
+        flat.zero_()
+    if getattr(optimizer, "offload_optimizer", False):
+        for partition in getattr(optimizer, "fp32_partitioned_groups_flat", None) or []:
+            if isinstance(partition, torch.Tensor) and partition.grad is not None:
+                partition.grad.zero_()

@@ -15,7 +15,8 @@ from torch import nn
 
 from training.model.multitask import LossHandle, TaskOutput
 from training.trainer.checkpoints import CheckpointStore, tag_for
-from training.trainer.deepspeed_fixes import clip_gradients, share_zero3_master_weights, skip_world_of_one_allreduce
+from training.trainer.deepspeed_fixes import clear_zero3_gradient_partitions, clip_gradients, share_zero3_master_weights, \
+    skip_world_of_one_allreduce
 from training.config import DeepSpeedConfig, EnginePlan, TrainingConfig, deepspeed_problems, engine_plan
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -198,7 +199,8 @@ class Engine:
     def step(self) -> None:
         """The optimizer step (DeepSpeed's, which skips it between accumulation boundaries), after
         this engine's own clipping where it clips; gradients are averaged over ranks by then."""
-        if self.clip and self.engine.is_gradient_accumulation_boundary():
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        if self.clip and boundary:
             clip_gradients(self.clipped_params, self.clip, self.fused_optimizer)
             try:
                 self.engine.step()
@@ -207,6 +209,9 @@ class Engine:
                     self.fused_optimizer.grad_scale = None  # torch reads None as "no scale"
         else:
             self.engine.step()
+        if boundary and self.zero_stage == 3:
+            # else an unused parameter's stale gradient steps it again (and a resume was not exact)
+            clear_zero3_gradient_partitions(self.engine.optimizer)
         if self.track_memory:
             self.peak_tensor_bytes = max(self.peak_tensor_bytes, live_tensor_bytes())
 
