@@ -25,7 +25,7 @@ from training.redaction import mask_userinfo
 from training.release.fingerprint import FINGERPRINT_TAG, PARTS_TAG, Fingerprint, differences, make_fingerprint
 from training.release.registry import client_for, holder_at, tracking_uri
 
-OUTCOMES = ("Promoted", "Refused", "Skipped")
+OUTCOMES = ("Promoted", "Refused", "Registered", "Skipped")
 
 
 @task(name="fingerprint", **TASK_DEFAULTS)
@@ -90,7 +90,8 @@ def tag_fingerprint(registered: dict[str, Any], fingerprint: dict[str, Any]) -> 
 
 
 def outcome_state(outcome: str, message: str, summary: dict[str, Any]) -> Any:
-    """A completed flow run whose state says what happened: Promoted, Refused or Skipped."""
+    """A completed flow run whose state says what happened: Promoted, Refused, Registered
+    (promotion off) or Skipped."""
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}; one of {OUTCOMES}")
     return Completed(name=outcome, message=message, data={**summary, "outcome": outcome})

@@ -121,7 +121,8 @@ def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]]
     tag_fingerprint(registered, fingerprint)
     champion = evaluate_champion(config, specs, dev, run_dir)
     decision = promote(registered, specs, config.promotion, champion, metrics)
-    outcome = "Promoted" if decision["promoted"] else "Refused"
+    # with promotion off nothing was gated: the version is registered, not refused
+    outcome = "Promoted" if decision["promoted"] else "Refused" if config.promotion.enabled else "Registered"
     close_mlflow_run(mlflow_run, outcome=outcome.lower())
     aliases = registered["aliases"] + ([config.promotion.alias] if decision["promoted"] else [])
     # the summary is printed and written to a file: a password in the tracking URI stays out of it
@@ -131,8 +132,9 @@ def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]]
                "metrics": metrics, "run_dir": run_dir, "fingerprint": fingerprint["value"],
                "data": {n: {"stats": r["stats"], "cached": r["cached"] and ingested[n]["cached"]}
                         for n, r in tokenized.items()}}
-    message = (f"v{registered['version']} promoted to {config.promotion.alias}" if decision["promoted"] else
-               f"v{registered['version']} refused: " + "; ".join(decision["reasons"]))
+    message = {"Promoted": f"v{registered['version']} promoted to {config.promotion.alias}",
+               "Refused": f"v{registered['version']} refused: " + "; ".join(decision["reasons"]),
+               "Registered": f"v{registered['version']} registered; promotion is off in the config"}[outcome]
     return outcome_state(outcome, message, summary)
 
 
