@@ -81,8 +81,13 @@ def retrain(config: PipelineConfig, previous_labels: dict[str, list[str]] | None
 def run_pipeline(config: PipelineConfig, previous_labels: dict[str, list[str]] | None = None,
                  resume_run_dir: str | None = None, force: bool = False) -> Any:
     """The retrain flow's body, also run by `retrain_from_file` in its own flow run (no subflow: a
-    deployment's run shows every task, log and artifact on its own page). One run per registered
-    model at a time, whatever deployment started it."""
+    deployment's run shows every task, log and artifact on its own page). A deployment's run holds
+    its model's retrain lock throughout: one run per registered model at a time, whichever
+    deployment started it. A run outside deployments (`mtl run`, a test's flow) takes no lock: `mtl
+    run` without PREFECT_API_URL has a temporary server of its own, where a lock would guard
+    nothing, and a server without background services never frees the lease of a killed holder."""
+    if flow_run.get_deployment_id() is None:
+        return pipeline_steps(config, previous_labels, resume_run_dir, force)
     with retrain_lock(config.registry.model_name, retrain_wait_s()):
         return pipeline_steps(config, previous_labels, resume_run_dir, force)
 
