@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from prefect import flow, get_run_logger
 from pydantic import Field
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -86,7 +86,7 @@ def run_pipeline(config: PipelineConfig, previous_labels: dict[str, list[str]] |
     deployment started it. A run outside deployments (`mtl run`, a test's flow) takes no lock: `mtl
     run` without PREFECT_API_URL has a temporary server of its own, where a lock would guard
     nothing, and a server without background services never frees the lease of a killed holder."""
-    if flow_run.get_deployment_id() is None:
+    if deployment.id is None:
         return pipeline_steps(config, previous_labels, resume_run_dir, force)
     with retrain_lock(config.registry.model_name, retrain_wait_s()):
         return pipeline_steps(config, previous_labels, resume_run_dir, force)
