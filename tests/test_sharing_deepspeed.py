@@ -96,7 +96,9 @@ def test_mtdnn_schedule_fine_tunes_from_the_multitask_stage(demo, tmp_path):
     history = lambda key: [m.step for m in client.get_metric_history(registered.run_id, key)]  # noqa: E731
     assert history("train.finetune-sst2.loss.sst2") == [2, 4]
     assert history("train.multitask.lr") == [2, 4, 6]
-    assert sum(len(history(f"train.multitask.loss.{t}")) for t in ("pos", "ner", "sst2")) == 3
+    # every task trained in a log window has its point at that log step (more than one task per row)
+    points = {t: history(f"train.multitask.loss.{t}") for t in ("pos", "ner", "sst2")}
+    assert all(set(p) <= {2, 4, 6} for p in points.values()) and sum(map(len, points.values())) > 3, points
     files = {f.path for f in client.list_artifacts(registered.run_id, "training")}
     assert files == {"training/multitask", "training/finetune-sst2"}
 
