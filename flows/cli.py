@@ -65,16 +65,12 @@ def cmd_promote(args: argparse.Namespace) -> int:
     """Point the alias at a version by hand (audited); a refusal is one line, exit 2, before any flow run."""
     from flows.promote import promote, uri_for
     from training.release.audit import check_promotion
-    from training.release.registry import RegistryRefusal
 
-    try:
-        check_promotion(uri_for(args.model_name, args.tracking_uri, args.state_dir), args.model_name, args.version,
-                        args.reason)
-        moved = promote(args.model_name, args.version, args.reason, args.by, args.alias, args.tracking_uri,
-                        args.state_dir)
-    except RegistryRefusal as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # a RegistryRefusal is refused input: main() prints it in one line and exits 2
+    check_promotion(uri_for(args.model_name, args.tracking_uri, args.state_dir), args.model_name, args.version,
+                    args.reason)
+    moved = promote(args.model_name, args.version, args.reason, args.by, args.alias, args.tracking_uri,
+                    args.state_dir)
     print(json.dumps(moved, indent=2))
     return 0
 
@@ -83,15 +79,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Point the alias back at the version its holder replaced (audited); a refusal is one line, exit 2."""
     from flows.promote import rollback, uri_for
     from training.release.audit import check_rollback
-    from training.release.registry import RegistryRefusal
 
-    try:
-        check_rollback(uri_for(args.model_name, args.tracking_uri, args.state_dir), args.model_name, args.alias,
-                       args.reason)
-        moved = rollback(args.model_name, args.reason, args.by, args.alias, args.tracking_uri, args.state_dir)
-    except RegistryRefusal as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    check_rollback(uri_for(args.model_name, args.tracking_uri, args.state_dir), args.model_name, args.alias,
+                   args.reason)
+    moved = rollback(args.model_name, args.reason, args.by, args.alias, args.tracking_uri, args.state_dir)
     print(json.dumps(moved, indent=2))
     return 0
 
