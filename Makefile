@@ -33,11 +33,11 @@ demo: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/mtl validate configs/demo.yaml
 
-# two pytest processes, a test file at a time each (--dist loadgroup, a group per file, see
-# tests/conftest.py: a module's shared runs and servers start once; the production-stack files share
-# one group and so one stack); `pytest` alone runs the suite in one process
+# two pytest processes, a test file at a time each (--dist loadfile, scheduled by tests/conftest.py: a
+# module's shared runs and servers start once; the production-stack files go to one worker together and
+# so share one stack); `pytest` alone runs the suite in one process
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The test suite's production servers, for a look around (README "Production mode"): PostgreSQL,
 # S3 (moto), MLflow and Prefect servers, a process worker; URLs printed, Ctrl-C stops and deletes all.

@@ -40,12 +40,21 @@ def pytest_configure(config: pytest.Config) -> None:
 STACK_MODULES = {"test_production.py", "test_production_loop.py"}
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs `-n 2 --dist loadgroup`: each test file is one group (its module fixtures
-    start once), except the production-stack modules, which form one group between them."""
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("production-stack" if name in STACK_MODULES else name))
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """`make test` runs `-n 2 --dist loadfile`: a test file goes to one worker whole, so its module
+    fixtures (launched runs, servers) start once, and the production-stack modules go to one worker
+    together. xdist's own `loadgroup` marks cannot do this under pytest 9 (it renames
+    `item._nodeid`, which pytest 9 no longer reads), so the scopes are made here."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            return "production-stack" if Path(file).name in STACK_MODULES else file
+
+    return ByFile(config, log)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
