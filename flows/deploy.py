@@ -161,22 +161,12 @@ def deployment_names() -> list[str]:
 def deploy(pool: str = DEFAULT_POOL, notify_block: str | None = None) -> Deployed:
     """The work pool if missing, every deployment of prefect.yaml, and, with a notification block
     ('<block-type-slug>/<name>', default $MTL_NOTIFY_BLOCK), the automations of flows/notify.py."""
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
-
-    from flows.notify import ensure_automations, parse_block
+    from flows.notify import ensure_automations, parse_block, require_prefect_server
 
     notify_block = notify_block or os.environ.get(NOTIFY_ENV) or None
     if notify_block:
         parse_block(notify_block)  # a malformed name fails before anything is deployed
-    api_url = PREFECT_API_URL.value()
-    if not api_url:
-        raise DeployError("PREFECT_API_URL is not set: deployments live on a Prefect server; "
-                          "export PREFECT_API_URL=http://127.0.0.1:4200/api (or your server's /api URL)")
-    with get_client(sync_client=True) as client:
-        if (unreachable := client.api_healthcheck()) is not None:
-            raise DeployError(f"the Prefect server at {api_url} does not answer ({unreachable}); "
-                              "start it or fix PREFECT_API_URL")
+    api_url = require_prefect_server("deployments", DeployError)
     env = {**os.environ, "PREFECT_API_URL": api_url}
     made = Deployed(api_url, pool, ensure_work_pool(pool, env), notify_block=notify_block)
     deploy_all(pool, env)

@@ -190,24 +190,35 @@ def _upsert(client: "SyncPrefectClient", automation: "AutomationCore") -> UUID:
     return keep.id
 
 
+def require_prefect_server(what: str, error: type[Exception]) -> str:
+    """The Prefect API URL, after checking the server there answers; otherwise `error` naming
+    `what` lives on the server and the fix (mtl deploy and the automations share the check)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        raise error(f"PREFECT_API_URL is not set: {what} live on a Prefect server; "
+                    "export PREFECT_API_URL=http://127.0.0.1:4200/api (or your server's /api URL)")
+    with get_client(sync_client=True) as client:
+        if (unreachable := client.api_healthcheck()) is not None:
+            raise error(f"the Prefect server at {api_url} does not answer ({unreachable}); "
+                        "start it or fix PREFECT_API_URL")
+    return str(api_url)
+
+
 def ensure_automations(block: str, flows: tuple[str, ...] = RETRAIN_FLOWS) -> list[str]:
     """Create or update (by name, idempotent) on the Prefect server at PREFECT_API_URL:
     "mtl: retrain failed" (a run of `flows` fails or crashes) and "mtl: gate refused" (event
     mtl.gate.refused), both sending to the notification block `block` ('<block-type-slug>/<name>').
     Returns their ids, in that order."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL
 
     if not flows:
         raise NotifySetupError("ensure_automations: `flows` is empty; name the flows whose failures to report, "
                                f"e.g. {RETRAIN_FLOWS}")
-    if not PREFECT_API_URL.value():
-        raise NotifySetupError("PREFECT_API_URL is not set: automations live on a Prefect server; "
-                               "export PREFECT_API_URL=http://127.0.0.1:4200/api (or your server's /api URL)")
+    require_prefect_server("automations", NotifySetupError)
     with get_client(sync_client=True) as client:
-        if (unreachable := client.api_healthcheck()) is not None:
-            raise NotifySetupError(f"the Prefect server at {client.api_url} does not answer ({unreachable}); "
-                                   "start it or fix PREFECT_API_URL")
         block_id = _block_id(client, block)
         wanted = [failed_automation(block_id, tuple(flows)), refused_automation(block_id)]
         return [str(_upsert(client, automation)) for automation in wanted]

@@ -10,6 +10,8 @@ from data_prep.cache import ArtifactCache
 from data_prep.config import TaskDataConfig, TokenizeConfig
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
+from training.launch.launcher import single_process_world
+from training.launch.spec import WorkerSpec
 from training.launch.train import train_model
 from training.task_spec import TaskSpec
 from training.task_spec import prepare_tasks as prepare
@@ -96,3 +98,26 @@ def run_depends_on_resumed_state(name: str, reference: Path) -> None:
     else:
         assert all(abs(v - 1.0) > 1e-4 for v in weights[-1].values())  # log-variances learned
         assert len({r["task"] for r in rows if r["step"] > int(RESUME_FROM.split("_")[1])}) > 1
+
+
+def run_in_process(encoder: Path, tasks: Any, run: Path, deepspeed: dict[str, Any] | None = None,
+                   **training: Any) -> None:
+    """The worker's own loop (`training.trainer.worker.train`) in this process, a DeepSpeed world of
+    one (`deepspeed` settings, ZeRO off by default), writing what a launched run writes into `run`."""
+    import torch
+
+    from training.trainer import worker
+
+    spec = WorkerSpec(encoder=EncoderConfig(name_or_path=str(encoder), max_length=48, dropout=0.1),
+                      training=TrainingConfig(micro_batch_size=4, warmup_steps=2, processes=1, threads_per_process=1,
+                                              **training),
+                      deepspeed=DeepSpeedConfig(**(deepspeed or {"zero_stage": 0})), tasks=tasks[0],
+                      features=tasks[1], checkpoint_dir=str(run / "checkpoints"), export_dir=str(run / "model"),
+                      metrics_file=str(run / "train_metrics.jsonl"))
+    run.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    try:
+        with single_process_world():
+            worker.train(spec)
+    finally:
+        torch.set_num_threads(threads)  # the worker sets its own; this process goes on with others

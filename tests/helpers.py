@@ -1,8 +1,12 @@
 """Helpers shared by the tests."""
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
 from pathlib import Path
+from typing import Any
 
 
 def tiny_config(encoder: Path, state: Path, data_dir: Path, **training: object) -> dict:
@@ -65,3 +69,30 @@ class OwnRendezvousPorts:
         left = self._buffers(set(self.ports)) - self.initial - self.reported
         self.reported |= left
         return sorted(left)
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Ends a process started with start_new_session=True and every child of its group: SIGTERM,
+    then SIGKILL after `timeout` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+def register_champion(export: Path, folder: Path, model: str, experiment: str) -> Any:
+    """An export registered by the pipeline's own code in a sqlite store under `folder`, as version 1
+    with alias champion; returns the registration."""
+    from training.config import RegistryConfig
+    from training.release.registry import register_model, set_champion
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    reg = register_model(RegistryConfig(model_name=model, experiment=experiment), uri,
+                         (folder / "artifacts").as_uri(), f"{experiment}-run", str(export), {},
+                         {"pos": {"accuracy": 0.5}}, {}, "challenger")
+    set_champion(uri, model, reg.version)
+    return reg

@@ -3,8 +3,6 @@ stopped at the end; and the small HTTP calls the tests make to it."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from helpers import stop_group
 
 SERVER_START_TIMEOUT_S = 300  # imports torch and transformers on a busy 2-core machine
 SWAP_TIMEOUT_S = 30
@@ -98,9 +98,4 @@ def running(proc: subprocess.Popen, url: str, log: Path, what: str) -> Iterator[
             time.sleep(0.3)
         yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc)

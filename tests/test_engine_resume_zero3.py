@@ -19,14 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from engine_support import RESUME_FROM, RESUME_RUNS, RESUME_SETTINGS, resume_matches, \
-    run_depends_on_resumed_state, tiny_tasks, train
-from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
-from training.launch.launcher import single_process_world
-from training.launch.spec import WorkerSpec
-from training.trainer import worker
+    run_depends_on_resumed_state, run_in_process, tiny_tasks, train
 
 SAMPLED = "uncertainty-temperature"  # one task per step: the other heads get no gradient
 SETTINGS: dict[str, Any] = {**RESUME_SETTINGS, **RESUME_RUNS[SAMPLED]}
@@ -61,23 +56,6 @@ def test_resumed_zero3_run_reproduces_every_step_after_the_resume(tiny_encoder, 
     assert f"resumed from checkpoint at step {int(RESUME_FROM.split('_')[1])}" in log
     resume_matches(reference, resumed)  # losses, task losses, weights of every step after it; the export
     run_depends_on_resumed_state(SAMPLED, reference)
-
-
-def run_in_process(encoder: Path, tasks, run: Path, deepspeed: dict[str, Any], **training: Any) -> None:
-    """The worker's loop in this process, a DeepSpeed world of one under ZeRO-3."""
-    spec = WorkerSpec(encoder=EncoderConfig(name_or_path=str(encoder), max_length=48, dropout=0.1),
-                      training=TrainingConfig(micro_batch_size=4, warmup_steps=2, processes=1, threads_per_process=1,
-                                              **training),
-                      deepspeed=DeepSpeedConfig(**deepspeed), tasks=tasks[0], features=tasks[1],
-                      checkpoint_dir=str(run / "checkpoints"), export_dir=str(run / "model"),
-                      metrics_file=str(run / "train_metrics.jsonl"))
-    run.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    try:
-        with single_process_world():
-            worker.train(spec)
-    finally:
-        torch.set_num_threads(threads)  # the worker sets its own; this process goes on with others
 
 
 @pytest.mark.parametrize("name", sorted(IN_PROCESS))

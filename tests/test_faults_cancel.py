@@ -6,7 +6,6 @@ the cancel request. The figure: the measured seconds."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from faults_support import group_of, running, wait_for, wait_gone
-from helpers import tiny_config
+from helpers import stop_group, tiny_config
 from training.launch.launcher import shm_buffers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,11 +68,7 @@ def test_cancelled_flow_run_stops_its_training_group(tiny_encoder, data_dir, tmp
             mlflow_run = wait_for(lambda: ended_runs(tmp_path / "state" / "mlflow.db"), "the MLflow run ended",
                                   limit_s=60, every_s=0.5)[0]
     finally:
-        os.killpg(runner.pid, signal.SIGTERM)
-        try:
-            runner.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(runner.pid, signal.SIGKILL)
+        stop_group(runner)
         log.close()
     print(f"training group and shared memory gone {took:.2f} s after the cancel request; flow run {state.type}")
     assert not running(pgid) and not shm_buffers(port)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import register_champion
 from serve_support import running
 from training.task_spec import TaskSpec
 
@@ -70,15 +71,7 @@ def export(tiny_encoder, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def store(export, tmp_path_factory):
     """The export registered by the pipeline's own code as version 1, alias champion."""
-    from training.config import RegistryConfig
-    from training.release.registry import register_model, set_champion
-
-    folder = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    reg = register_model(RegistryConfig(model_name=MODEL, experiment="serve"), uri, (folder / "artifacts").as_uri(),
-                         "serve-run", str(export), {}, {"pos": {"accuracy": 0.5}}, {}, "challenger")
-    set_champion(uri, MODEL, reg.version)
-    return reg
+    return register_champion(export, tmp_path_factory.mktemp("store"), MODEL, "serve")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import torch
 from test_serving import PAIR, TASKS, TEXT, TOKENS, _train_a_few_steps
 from training.config import TrainingConfig
 from training.model.export import CARD, export_weights, read_card, write_export
+from helpers import register_champion
 from training.model.multitask import Matched, build_model, load_matching
 from training.release.warm_start import (WarmSource, WarmStartError, check_warm_start, fetch_export,
                                          resolve_init_from, source_tasks)
@@ -163,15 +164,7 @@ def test_a_local_init_from_must_be_an_export_folder(source, tmp_path):
 @pytest.fixture(scope="module")
 def store(source, tmp_path_factory):
     """The source registered by the pipeline's own code as version 1 with alias champion."""
-    from training.config import RegistryConfig
-    from training.release.registry import register_model, set_champion
-
-    folder = tmp_path_factory.mktemp("warm-store")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    reg = register_model(RegistryConfig(model_name=MODEL, experiment="warm"), uri, (folder / "artifacts").as_uri(),
-                         "warm-run", str(source), {}, {"pos": {"accuracy": 0.5}}, {}, "challenger")
-    set_champion(uri, MODEL, reg.version)
-    return reg
+    return register_champion(source, tmp_path_factory.mktemp("warm-store"), MODEL, "warm")
 
 
 def test_init_from_resolves_to_a_pinned_version_or_names_what_exists(store, source, tmp_path):

@@ -5,40 +5,20 @@ test_engine_resume.py; this one takes seconds, so the mutation run (tools/mutati
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
-import torch
 
 from engine_support import RESUME_FROM, RESUME_RUNS, RESUME_SETTINGS, resume_matches, run_depends_on_resumed_state, \
-    tiny_tasks
-from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
+    run_in_process, tiny_tasks
+from training.config import DeepSpeedConfig, TrainingConfig
 from training.trainer.engine import Engine
 from training.launch.launcher import single_process_world
 from training.model.multitask import build_model
-from training.launch.spec import WorkerSpec
-from training.trainer.worker import train
 
 
 @pytest.fixture(scope="module")
 def tasks(tiny_encoder, data_dir, tmp_path_factory):
     return tiny_tasks(tiny_encoder, data_dir, tmp_path_factory.mktemp("tasks"))
-
-
-def run_worker(encoder: Path, tasks, run: Path, **training: object) -> None:
-    spec = WorkerSpec(encoder=EncoderConfig(name_or_path=str(encoder), max_length=48, dropout=0.1),
-                      training=TrainingConfig(micro_batch_size=4, warmup_steps=2, processes=1, threads_per_process=1,
-                                              **training),
-                      deepspeed=DeepSpeedConfig(zero_stage=0), tasks=tasks[0], features=tasks[1],
-                      checkpoint_dir=str(run / "checkpoints"), export_dir=str(run / "model"),
-                      metrics_file=str(run / "train_metrics.jsonl"))
-    run.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    try:
-        with single_process_world():
-            train(spec)
-    finally:
-        torch.set_num_threads(threads)  # the worker sets its own; this process goes on with others
 
 
 def test_worlds_of_one_follow_each_other_in_one_process(tiny_encoder):
@@ -53,10 +33,10 @@ def test_worlds_of_one_follow_each_other_in_one_process(tiny_encoder):
 def test_worker_resumed_in_process_goes_on_as_the_uninterrupted_run(tiny_encoder, tasks, tmp_path, name, capsys):
     settings = {**RESUME_SETTINGS, **RESUME_RUNS[name]}
     reference, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    run_worker(tiny_encoder, tasks, reference, **settings)
+    run_in_process(tiny_encoder, tasks, reference, **settings)
     shutil.copytree(reference / "checkpoints" / RESUME_FROM, resumed / "checkpoints" / RESUME_FROM)
     capsys.readouterr()
-    run_worker(tiny_encoder, tasks, resumed, **settings)
+    run_in_process(tiny_encoder, tasks, resumed, **settings)
     assert f"resumed from checkpoint at step {int(RESUME_FROM.split('_')[1])}" in capsys.readouterr().out
     resume_matches(reference, resumed)
     run_depends_on_resumed_state(name, reference)
