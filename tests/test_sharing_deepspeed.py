@@ -52,11 +52,25 @@ def predicts_every_task(export: Path) -> dict[str, Any]:
 
 SHARING_CASES = {"hard": {}, "soft": {"bottleneck": 8, "l2_pull": 0.01}, "attention": {},
                  "adversarial": {}, "multi_encoder": {"task_encoders": ["sst2"]}}
+WEIGHTING_CASES = {"equal": {}, "static": {"weights": {"sst2": 0.5}}, "uncertainty": {}, "dwa": {"period": 2},
+                   "gradnorm": {}, "pcgrad": {}}
+# Every strategy and every weighting in one launched run or more, paired so that each run checks one
+# of each (a launch costs most of a test's time): the gradient-based weightings with strategies that
+# hold private parameters, the sampled-step ones with the others. ZeRO-3 with adversarial and dwa is
+# test_all_task_steps_and_private_features_under_zero3.
+PAIRS = [("hard", "equal"), ("soft", "static"), ("attention", "uncertainty"), ("adversarial", "gradnorm"),
+         ("multi_encoder", "pcgrad"), ("hard", "dwa")]
 
 
-@pytest.mark.parametrize("sharing", sorted(SHARING))
-def test_strategy_trains_with_two_processes(demo, tmp_path, sharing):
-    export = train(demo, tmp_path, sharing=sharing, sharing_params=SHARING_CASES[sharing])
+def test_the_pairs_cover_every_strategy_and_every_weighting():
+    assert {s for s, _ in PAIRS} == set(SHARING) == set(SHARING_CASES)
+    assert {w for _, w in PAIRS} == set(WEIGHTINGS) == set(WEIGHTING_CASES)
+
+
+@pytest.mark.parametrize(("sharing", "weighting"), PAIRS, ids=[f"{s}-{w}" for s, w in PAIRS])
+def test_strategy_and_weighting_train_with_two_processes(demo, tmp_path, sharing, weighting):
+    export = train(demo, tmp_path, sharing=sharing, sharing_params=SHARING_CASES[sharing], weighting=weighting,
+                   weighting_params=WEIGHTING_CASES[weighting])
     card = predicts_every_task(export)
     assert card["sharing"] == sharing
     log = rows(tmp_path)
@@ -66,6 +80,16 @@ def test_strategy_trains_with_two_processes(demo, tmp_path, sharing):
         assert sum(weights) == pytest.approx(1.0, abs=1e-3)
     if sharing == "adversarial":
         assert all(0.0 <= r["discriminator_accuracy"] <= 1.0 for r in log)
+    assert all(set(r["task_weights"]) == {"pos", "ner", "sst2"} for r in log)
+    if WEIGHTINGS[weighting].needs_all_tasks:
+        assert all(r["task"] == "all" and set(r["task_losses"]) == {"pos", "ner", "sst2"} for r in log)
+    if weighting == "static":
+        assert log[-1]["task_weights"]["sst2"] == 0.5
+    if weighting == "gradnorm":
+        assert sum(log[-1]["task_weights"].values()) == pytest.approx(3.0)
+        assert log[-1]["task_weights"] != {"pos": 1.0, "ner": 1.0, "sst2": 1.0}
+    if weighting == "uncertainty":
+        assert log[-1]["task_weights"] != {"pos": 1.0, "ner": 1.0, "sst2": 1.0}
 
 
 def test_mtdnn_schedule_fine_tunes_from_the_multitask_stage(demo, tmp_path):
@@ -101,27 +125,6 @@ def test_mtdnn_schedule_fine_tunes_from_the_multitask_stage(demo, tmp_path):
     assert all(set(p) <= {2, 4, 6} for p in points.values()) and sum(map(len, points.values())) > 3, points
     files = {f.path for f in client.list_artifacts(registered.run_id, "training")}
     assert files == {"training/multitask", "training/finetune-sst2"}
-
-
-WEIGHTING_CASES = {"equal": {}, "static": {"weights": {"sst2": 0.5}}, "uncertainty": {}, "dwa": {"period": 2},
-                   "gradnorm": {}, "pcgrad": {}}
-
-
-@pytest.mark.parametrize("weighting", sorted(WEIGHTINGS))
-def test_weighting_trains_with_two_processes(demo, tmp_path, weighting):
-    export = train(demo, tmp_path, weighting=weighting, weighting_params=WEIGHTING_CASES[weighting])
-    predicts_every_task(export)
-    log = rows(tmp_path)
-    assert all(set(r["task_weights"]) == {"pos", "ner", "sst2"} for r in log)
-    if WEIGHTINGS[weighting].needs_all_tasks:
-        assert all(r["task"] == "all" and set(r["task_losses"]) == {"pos", "ner", "sst2"} for r in log)
-    if weighting == "static":
-        assert log[-1]["task_weights"]["sst2"] == 0.5
-    if weighting == "gradnorm":
-        assert sum(log[-1]["task_weights"].values()) == pytest.approx(3.0)
-        assert log[-1]["task_weights"] != {"pos": 1.0, "ner": 1.0, "sst2": 1.0}
-    if weighting == "uncertainty":
-        assert log[-1]["task_weights"] != {"pos": 1.0, "ner": 1.0, "sst2": 1.0}
 
 
 def test_all_task_steps_and_private_features_under_zero3(demo, tmp_path):
