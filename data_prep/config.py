@@ -10,11 +10,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 TaskType = Literal["token_classification", "sequence_classification", "sequence_pair_classification",
-                   "sequence_regression", "sequence_pair_regression"]
+                   "sequence_regression", "sequence_pair_regression", "dependency_parsing"]
 
 
 def is_token_task(task_type: str) -> bool:
-    return task_type == "token_classification"
+    """A label per word (a parse is one too: each word's DEPREL, plus its HEAD beside it)."""
+    return task_type in ("token_classification", "dependency_parsing")
+
+
+def is_parsing(task_type: str) -> bool:
+    """Dependency parsing: per word a head (another word, or 0 for the root) and a relation label."""
+    return task_type == "dependency_parsing"
 
 
 def is_pair_task(task_type: str) -> bool:
@@ -137,6 +143,14 @@ class TaskDataConfig(BaseModel):
         None, ge=0, le=1, description="refuse the run when train's label distribution moved further than this "
                                       "(total variation distance, 0 same to 1 disjoint) from the champion's "
                                       "training data; unset: reported, never refused")
+    positive_label: str | None = Field(
+        None, description="sentence (pair) classification: the positive class, whose F1 against the rest is "
+                          "reported as the metric f1 (GLUE's MRPC and QQP: 1)")
+    primary_metric: str | None = Field(
+        None, description="the dev metric that selects this task's weights during training and that the "
+                          "promotion gate compares (one of the task type's metrics, e.g. f1 with positive_label, "
+                          "spearman); unset: pearson for regression, las for parsing, entity_f1 for bio, "
+                          "else accuracy")
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -145,6 +159,12 @@ class TaskDataConfig(BaseModel):
         if isinstance(value, list):
             return [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         return value
+
+    @field_validator("positive_label", mode="before")
+    @classmethod
+    def _positive_label_as_text(cls, value: Any) -> Any:
+        # `positive_label: 1` in YAML means the class a file writes as 1
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @field_validator("encoding")
     @classmethod
@@ -161,6 +181,19 @@ class TaskDataConfig(BaseModel):
         problems = declared_label_problems(self.labels or [], self.type, self.label_scheme)
         if problems:
             raise ValueError(f"task {self.name!r}: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _positive_label_of_a_classifier(self) -> "TaskDataConfig":
+        # f1 is one class against the rest: only a sentence label has classes to pick one of
+        if self.positive_label is None:
+            return self
+        if is_regression(self.type) or is_token_task(self.type):
+            raise ValueError(f"task {self.name!r}: positive_label is for sentence (pair) classification, not "
+                             f"{self.type}; remove positive_label")
+        if self.labels is not None and self.positive_label not in self.labels:
+            raise ValueError(f"task {self.name!r}: positive_label {self.positive_label!r} is not one of the declared "
+                             f"labels {self.labels}; set it to one of them")
         return self
 
     @model_validator(mode="after")

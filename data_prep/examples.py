@@ -14,6 +14,8 @@ class Example:
     text: str | None = None
     text_pair: str | None = None
     label: str | None = None
+    # dependency parsing: per word its head, 1-based over the sentence's words (0: the root)
+    heads: list[int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

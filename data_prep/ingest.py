@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_prep.config import S3Config, TaskDataConfig, is_pair_task, is_regression, is_token_task
+from data_prep.config import S3Config, TaskDataConfig, is_pair_task, is_parsing, is_regression, is_token_task
 from data_prep.errors import DataValidationError, IssueCollector
 from data_prep.examples import Example
 from data_prep.labels import build_label_list
@@ -50,13 +50,17 @@ def check_task_config(cfg: TaskDataConfig, data_dir: str | None, issues: IssueCo
                       s3: S3Config | None = None) -> None:
     """Cheap checks that need no reading: format fits the task type, files exist."""
     if cfg.source == "hub":
+        if is_parsing(cfg.type):
+            _check_parsing_config(cfg, issues)
         return  # the hub is only reachable by loading; ingest reports what it cannot load
     if cfg.format not in READERS:
         issues.add(f"tasks.{cfg.name}", None, "format", f"unknown format {cfg.format!r}",
                    f"use one of {sorted(READERS)}")
         return
     token_task = is_token_task(cfg.type)
-    if (token_task and cfg.format in SENTENCE_FORMATS) or (not token_task and cfg.format in TOKEN_FORMATS):
+    if is_parsing(cfg.type):
+        _check_parsing_config(cfg, issues)
+    elif (token_task and cfg.format in SENTENCE_FORMATS) or (not token_task and cfg.format in TOKEN_FORMATS):
         issues.add(f"tasks.{cfg.name}", None, "format",
                    f"format {cfg.format!r} does not fit task type {cfg.type!r}",
                    "token tasks read conllu/conll/jsonl/parquet; sentence tasks read tsv/csv/jsonl/parquet/label_text")
@@ -65,6 +69,21 @@ def check_task_config(cfg: TaskDataConfig, data_dir: str | None, issues: IssueCo
                    "use tsv, csv, jsonl or parquet with text_pair_column for pair tasks")
     for split in SPLITS:
         split_files(cfg, split, data_dir, s3, issues)
+
+
+def _check_parsing_config(cfg: TaskDataConfig, issues: IssueCollector) -> None:
+    """A parse needs each word's HEAD and DEPREL, which only CoNLL-U files hold, and scores arcs
+    between the words' first subwords."""
+    if cfg.source != "files" or cfg.format != "conllu":
+        given = "source: hub" if cfg.source != "files" else f"format {cfg.format!r}"
+        issues.add(f"tasks.{cfg.name}", None, "source" if cfg.source != "files" else "format",
+                   f"{given} does not fit task type 'dependency_parsing': only CoNLL-U files hold the HEAD and "
+                   "DEPREL columns a parse is trained on",
+                   "set format: conllu and point train/dev at .conllu files (UD treebanks are CoNLL-U)")
+    if cfg.label_alignment != "first":
+        issues.add(f"tasks.{cfg.name}", None, "label_alignment",
+                   f"{cfg.label_alignment!r} does not fit dependency_parsing: arcs are scored between the first "
+                   "subwords of words", "remove label_alignment (or set it to first)")
 
 
 def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: IssueCollector) -> None:
@@ -81,6 +100,9 @@ def validate_examples(examples: list[Example], cfg: TaskDataConfig, issues: Issu
                                "every token needs a tag")
             if cfg.label_scheme == "bio":
                 _check_bio(ex, cfg, issues)
+            if is_parsing(cfg.type) and len(ex.heads or []) != len(ex.tokens or []):
+                issues.add(ex.file, ex.line, "heads", f"{len(ex.tokens or [])} words but {len(ex.heads or [])} heads",
+                           "every word needs its HEAD (column 7 of a CoNLL-U file)")
         else:
             if not ex.text:
                 issues.add(ex.file, ex.line, "text", "empty text", "remove the row or fill in the text")

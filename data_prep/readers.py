@@ -7,9 +7,10 @@ import io
 import json
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from data_prep.config import Column, TaskDataConfig, is_pair_task, is_token_task
+from data_prep.config import Column, TaskDataConfig, is_pair_task, is_parsing, is_token_task
 from data_prep.errors import IssueCollector
 from data_prep.examples import Example
 from data_prep.tagcheck import Verdict, describe, judge, offending
@@ -54,21 +55,38 @@ def text_lines(text: str) -> list[str]:
     return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
+HEAD_FIX = "HEAD is the ID of the word's head (a whole number), or 0 for the root of the sentence"
+
+
+@dataclass
+class _ConlluSentence:
+    """The words of the sentence being read; for parsing also each word's ID, its HEAD as written
+    and the line it is on (a HEAD is checked once the whole sentence is known)."""
+
+    start: int
+    tokens: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    heads: list[tuple[int, int]] = field(default_factory=list)  # (HEAD as written, line)
+
+
 def read_conllu(data: str | bytes, file: str, cfg: TaskDataConfig, issues: IssueCollector) -> list[Example]:
-    """CoNLL-U: word form in column 2, UPOS in column 4; multiword ranges and empty nodes skipped."""
+    """CoNLL-U: word form in column 2 and, as the tag, UPOS (column 4); for dependency_parsing the
+    tag is DEPREL (column 8) and HEAD (column 7) goes into `heads`. Multiword ranges (`3-4`) and
+    empty nodes (`8.1`) are skipped: they are not words of the sentence. A HEAD names a word ID,
+    which is mapped to the word's 1-based position among the words read, so nothing a skipped
+    line does to the numbering can shift a head."""
+    parsing = is_parsing(cfg.type)
     examples: list[Example] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    start = 1
+    sentence = _ConlluSentence(1)
     for number, line in enumerate(text_lines(decode(data, file, cfg, issues)), start=1):
         if not line.strip():
-            if tokens:
-                examples.append(Example(file, start, tokens=tokens, tags=tags))
-            tokens, tags, start = [], [], number + 1
+            _close_sentence(sentence, file, parsing, issues, examples)
+            sentence = _ConlluSentence(number + 1)
             continue
         if line.startswith("#"):
-            if not tokens:
-                start = number + 1
+            if not sentence.tokens:
+                sentence.start = number + 1
             continue
         cols = line.split("\t")
         if len(cols) != 10:
@@ -77,31 +95,72 @@ def read_conllu(data: str | bytes, file: str, cfg: TaskDataConfig, issues: Issue
             continue
         if "-" in cols[0] or "." in cols[0]:
             continue  # multiword range or empty node: not a word of the sentence
-        if not _conllu_word_ok(cols, file, number, issues):
+        if not _conllu_word_ok(cols, file, number, issues, parsing):
             continue
-        if not tokens:
-            start = number
-        tokens.append(cols[1])
-        tags.append(cols[3])
-    if tokens:
-        examples.append(Example(file, start, tokens=tokens, tags=tags))
+        if not sentence.tokens:
+            sentence.start = number
+        sentence.tokens.append(cols[1])
+        sentence.tags.append(cols[7] if parsing else cols[3])
+        if parsing:
+            head = cols[6].strip()
+            if not head.isdigit():
+                issues.add(file, number, "HEAD (column 7)", f"{cols[6]!r} is not a word ID", HEAD_FIX)
+            sentence.ids.append(int(cols[0]))
+            sentence.heads.append((int(head) if head.isdigit() else -1, number))
+    _close_sentence(sentence, file, parsing, issues, examples)
     return examples
 
 
-def _conllu_word_ok(cols: list[str], file: str, number: int, issues: IssueCollector) -> bool:
-    """A word line needs an index, a form and a UPOS tag; reported here, where the exact line
-    is known, instead of becoming a class named '' or '_'."""
-    word, upos = cols[1], cols[3]
+def _close_sentence(sentence: _ConlluSentence, file: str, parsing: bool, issues: IssueCollector,
+                    examples: list[Example]) -> None:
+    """Append the sentence read so far; a parse whose heads do not all point into it is reported
+    (each HEAD on its own line) and left out."""
+    if not sentence.tokens:
+        return
+    if not parsing:
+        examples.append(Example(file, sentence.start, tokens=sentence.tokens, tags=sentence.tags))
+        return
+    position = {word_id: i + 1 for i, word_id in enumerate(sentence.ids)}
+    if len(position) < len(sentence.ids):
+        twice = sorted({w for w in sentence.ids if sentence.ids.count(w) > 1})
+        issues.add(file, sentence.start, "ID (column 1)", f"word ID(s) {twice} occur more than once in the sentence",
+                   "number the words of a sentence 1, 2, 3, ... (each once)")
+        return
+    heads: list[int] = []
+    for index, (head, number) in enumerate(sentence.heads):
+        if head < 0:
+            continue  # not a number: reported where it was read
+        if head != 0 and head not in position:
+            issues.add(file, number, "HEAD (column 7)",
+                       f"{head} points outside the sentence (its word IDs are {min(position)} to {max(position)})",
+                       f"point HEAD at one of the sentence's word IDs, or 0 for the root; {HEAD_FIX}")
+        elif head != 0 and position[head] == index + 1:
+            issues.add(file, number, "HEAD (column 7)", f"{head} is the word's own ID: a word cannot head itself",
+                       f"point HEAD at the word it depends on, or 0 for the root; {HEAD_FIX}")
+        else:
+            heads.append(0 if head == 0 else position[head])
+    if len(heads) == len(sentence.tokens):
+        examples.append(Example(file, sentence.start, tokens=sentence.tokens, tags=sentence.tags, heads=heads))
+
+
+def _conllu_word_ok(cols: list[str], file: str, number: int, issues: IssueCollector, parsing: bool = False) -> bool:
+    """A word line needs an index, a form and its tag (UPOS, or DEPREL for parsing); reported
+    here, where the exact line is known, instead of becoming a class named '' or '_'."""
+    word = cols[1]
+    tag, name, fix = ((cols[7], "DEPREL (column 8)",
+                       "every word needs its dependency relation in column 8 (nsubj, obj, root, ...)") if parsing
+                      else (cols[3], "UPOS", "every word needs a UPOS tag in column 4 (NOUN, VERB, ...)"))
     if not cols[0].isdigit():
         issues.add(file, number, "ID", f"{cols[0]!r} is not a word index",
                    "IDs are 1, 2, ... (a range 1-2 for a multiword token, 1.1 for an empty node)")
     elif not word.strip():
         issues.add(file, number, "FORM", "empty", "every word needs its form in column 2")
-    elif not upos.strip() or upos == "_":
-        shown = "'_' (unannotated)" if upos == "_" else "empty"
-        issues.add(file, number, "UPOS", shown, "every word needs a UPOS tag in column 4 (NOUN, VERB, ...)")
-    elif upos != upos.strip() or " " in upos:
-        issues.add(file, number, "UPOS", f"{upos!r} holds a space", "a UPOS tag is one word: remove the spaces")
+    elif not tag.strip() or tag == "_":
+        shown = "'_' (unannotated)" if tag == "_" else "empty"
+        issues.add(file, number, name, shown, fix)
+    elif tag != tag.strip() or " " in tag:
+        issues.add(file, number, name, f"{tag!r} holds a space",
+                   f"a {name.split()[0]} tag is one word: remove the spaces")
     else:
         return True
     return False

@@ -23,7 +23,7 @@ from data_prep.tokenize import tokenize_with_stats
 # settings that only tokenization reads: changing them must not redo ingest
 TOKENIZE_ONLY = {"label_alignment"}
 # settings that only training (or the flow's checks around it) reads: changing them must redo neither step
-TRAINING_ONLY = {"auxiliary", "max_label_shift"}
+TRAINING_ONLY = {"auxiliary", "max_label_shift", "positive_label", "primary_metric"}
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,6 +1,8 @@
 """Tokenization with a fast tokenizer, label alignment and overlapping windows.
 
 Token tasks: each word's label goes to its first, last or every subword (`label_alignment`).
+Dependency parsing: each word's first subword gets its DEPREL and the position of its head's first
+subword (the leading special token stands for the root), see `_align_parse`.
 A sentence longer than `max_length` is split into windows of whole words that overlap by about
 `stride` subwords, so no word is dropped and every word also sees context on both sides. Each
 word is *owned* by exactly one window, the one where it sits most centrally: training labels it
@@ -16,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_prep.config import LabelAlignment, is_pair_task, is_regression, is_token_task
+from data_prep.config import LabelAlignment, is_pair_task, is_parsing, is_regression, is_token_task
 from data_prep.examples import Example
 
 IGNORE = -100
@@ -174,20 +176,63 @@ def _align(chunk: WordChunk, tags: list[str], label_id: dict[str, int], alignmen
     return [label_id[tags[w]] if w in owned else IGNORE for w in chunk.word_ids]
 
 
+# dependency_parsing: the channels of each position's label, [DEPREL, HEAD, CANDIDATE]
+DEPREL, HEAD, CANDIDATE = 0, 1, 2
+ROOT_POSITION = 0  # the leading special token ([CLS], <s>) stands for the root
+
+
+def word_starts(word_ids: list[int]) -> dict[int, int]:
+    """Word index -> position of its first subword, for every word in a window (owned or context)."""
+    starts: dict[int, int] = {}
+    for pos, w in enumerate(word_ids):
+        if w >= 0 and w not in starts:
+            starts[w] = pos
+    return starts
+
+
+def _align_parse(chunk: WordChunk, ex: Example, label_id: dict[str, int]) -> list[list[int]]:
+    """Per position `[deprel id, head position, candidate]`. An owned word's first subword gets its
+    DEPREL and the position of its head's first subword in this window (ROOT_POSITION for the
+    root); every other position gets IGNORE for both. `candidate` is 1 where a head may be: the
+    root position and the first subword of every word of the window, 0 elsewhere. A word whose
+    head lies outside its window (a sentence longer than max_length) is not trained on there."""
+    if not chunk.word_ids or chunk.word_ids[ROOT_POSITION] >= 0:
+        raise ValueError("dependency_parsing needs a tokenizer that puts a special token ([CLS], <s>) before the "
+                         "words, to stand for the root; this one starts with a word: use an encoder whose tokenizer "
+                         "adds one (BERT, RoBERTa and MiniLM tokenizers do)")
+    starts = word_starts(chunk.word_ids)
+    rows = [[IGNORE, IGNORE, 0] for _ in chunk.word_ids]
+    rows[ROOT_POSITION][CANDIDATE] = 1
+    for pos in starts.values():
+        rows[pos][CANDIDATE] = 1
+    heads, tags = ex.heads or [], ex.tags or []
+    for pos, w in enumerate(chunk.first_subword_word):
+        if w < 0:
+            continue
+        head = ROOT_POSITION if heads[w] == 0 else starts.get(heads[w] - 1)
+        if head is not None:
+            rows[pos][DEPREL], rows[pos][HEAD] = label_id[tags[w]], head
+    return rows
+
+
 def _token_features(examples: list[Example], label_id: dict[str, int], tokenizer: Any, max_length: int,
-                    alignment: LabelAlignment, stride: int) -> tuple[list[dict[str, Any]], TokenizeStats]:
+                    alignment: LabelAlignment, stride: int,
+                    parsing: bool = False) -> tuple[list[dict[str, Any]], TokenizeStats]:
     stats = TokenizeStats(examples=len(examples))
     rows: list[dict[str, Any]] = []
     chunks = encode_words(tokenizer, [ex.tokens or [] for ex in examples], max_length, stride)
     per_sentence = Counter(c.sentence for c in chunks)
     for c in chunks:
-        tags = examples[c.sentence].tags or []
-        rows.append({"input_ids": c.input_ids, "token_type_ids": c.token_type_ids,
-                     "labels": _align(c, tags, label_id, alignment)})
+        ex = examples[c.sentence]
+        labels = _align_parse(c, ex, label_id) if parsing else _align(c, ex.tags or [], label_id, alignment)
+        rows.append({"input_ids": c.input_ids, "token_type_ids": c.token_type_ids, "labels": labels})
         stats.tokens += len(c.input_ids)
     stats.inputs = len(rows)
     stats.windowed = sum(1 for n in per_sentence.values() if n > 1)
-    owned = sum(1 for c in chunks for w in c.first_subword_word if w >= 0)
+    if parsing:  # a word is trained on where its arc is: its head in the same window
+        owned = sum(1 for row in rows for label in row["labels"] if label[HEAD] != IGNORE)
+    else:
+        owned = sum(1 for c in chunks for w in c.first_subword_word if w >= 0)
     stats.truncated = sum(len(ex.tokens or []) for ex in examples) - owned
     for ex in examples:
         stats.labels.update(ex.tags or [])
@@ -223,7 +268,7 @@ def _tokenize_batch(examples: list[Example], task_type: str, labels: list[str], 
                     alignment: LabelAlignment, stride: int) -> tuple[list[dict[str, Any]], TokenizeStats]:
     label_id = {lab: i for i, lab in enumerate(labels)}
     if is_token_task(task_type):
-        return _token_features(examples, label_id, tokenizer, max_length, alignment, stride)
+        return _token_features(examples, label_id, tokenizer, max_length, alignment, stride, is_parsing(task_type))
     return _sequence_features(examples, task_type, label_id, tokenizer, max_length)
 
 
@@ -237,8 +282,9 @@ def tokenize_with_stats(examples: list[Example], task_type: str, labels: list[st
                         num_proc: int = 1, batch_size: int = 1000,
                         desc: str = "tokenize") -> tuple[list[dict[str, Any]], TokenizeStats]:
     """Training features (input_ids, token_type_ids, labels: a list for tokens, an int for
-    sequences, a float for regression) in example order, and their statistics. Batches of `batch_size` go through the
-    fast tokenizer; `num_proc` > 1 spreads the batches over worker processes."""
+    sequences, a float for regression, a `[deprel, head, candidate]` list per position for
+    dependency parsing, see `_align_parse`) in example order, and their statistics. Batches of
+    `batch_size` go through the fast tokenizer; `num_proc` > 1 spreads the batches over worker processes."""
     from tqdm.auto import tqdm
 
     rows: list[dict[str, Any]] = []

@@ -22,6 +22,7 @@ from training.config import DeepSpeedConfig, EncoderConfig, PromotionConfig, Reg
 from training.evaluation.affinity import AffinityConfig
 from training.redaction import USERINFO, mask_userinfo
 from training.errors import RegistryRefusal, WarmStartError
+from training.task_spec import primary_metric_problems
 from training.validation import config_problems
 
 
@@ -231,6 +232,7 @@ def semantic_problems(cfg: PipelineConfig) -> list[str]:
                                cfg.encoder)
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"tasks: task name {dup!r} is used more than once; names must be unique")
+    problems += primary_metric_problems(cfg.tasks)
     issues = IssueCollector()
     for index, task in enumerate(cfg.tasks):
         check_task_config(task, cfg.resolved_data_dir(), issues, cfg.storage.s3)

@@ -112,7 +112,8 @@ def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]]
     if warm:
         check_warm(config, warm, data["train_labels"])
     tokenized = tokenize(config.tasks, ingested, config.encoder, config.tokenize, run_dir, config.storage)
-    specs = [spec_for(t, ingested[t.name]["labels"]) for t in config.tasks]
+    # the train split also gives a regression head its target scale (training/task_spec.py)
+    specs = [spec_for(t, ingested[t.name]["labels"], ingested[t.name]["splits"]["train"]) for t in config.tasks]
     features = {n: r["features"] for n, r in tokenized.items()}
     dev = {n: r["splits"]["dev"] for n, r in ingested.items()}
     # `init_from: champion` before there is one: a cold start (warm is None), said by warm-start's log

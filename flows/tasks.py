@@ -28,7 +28,7 @@ from training.release.registry import (champion_labels, client_for, close_run, d
 from training.evaluation.evaluate import evaluate_export
 from training.launch.layout import RunLayout
 from training.launch.train import train_model
-from training.task_spec import TaskSpec, exported
+from training.task_spec import TaskSpec
 
 
 def retry_unless_refused(task: Any, task_run: Any, state: Any) -> bool:
@@ -356,13 +356,13 @@ def promote(registered: dict[str, Any], specs: list[TaskSpec], promotion: Promot
     The decision table goes to the version's description and to the `promotion` artifact; a
     refusal is also sent as the event `mtl.gate.refused`."""
     from flows.notify import emit_gate_refused
-    from training.release.gate import decide
+    from training.release.gate import decide, primary_metrics
     from training.release.registry import alias_holder, promote_if_better, promote_with_report
 
     logger = get_run_logger()
     if not promotion.enabled:
         return {"promoted": False, "reasons": ["promotion disabled in config"], "report": None}
-    primary = {s.name: s.primary_metric for s in exported(specs)}
+    primary = primary_metrics(specs)
     name, version, uri = registered["model_name"], registered["version"], registered["tracking_uri"]
     with alias_lock(name, promotion.alias):  # a run finishing beside this one waits
         held = alias_holder(client_for(uri), name, promotion.alias)

@@ -174,3 +174,24 @@ def test_set_on_the_command_line_is_a_dotted_key_and_a_yaml_value(tmp_path):
     with pytest.raises(ValueError) as err:
         parse_set("http://bob:s3cret@mlflow:5000")
     assert "s3cret" not in str(err.value)
+
+
+def test_override_and_file_errors_name_the_source_the_key_and_the_way_out(tmp_path):
+    """Each refusal of a config file or an override names where it came from, the key, and what to
+    write instead, word for word (mutants of flows/config.py that changed a message survived)."""
+    from flows.config import apply_overrides
+
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as err:
+        load_config(missing)
+    assert str(err.value) == f"{missing}: 1 config problem(s):\n  - file not found"
+    refusals = [({}, {"training..steps": 1}, "training..steps: not a config key; write sections and fields with "
+                 "dots, e.g. training.steps, tasks.pos.max_train_examples or tasks[0].dev"),
+                ({"tasks": []}, {"tasks.pos.dev": "x"},
+                 "tasks.pos: no such entry; empty (by name, e.g. tasks.pos.dev, or by position, tasks[0].dev)"),
+                ({"training": {}}, {"tasks.*.dev": "x"},
+                 "tasks.*.dev: tasks is not a list (* stands for each of its entries)")]
+    for raw, overrides, says in refusals:
+        with pytest.raises(ConfigError) as err:
+            apply_overrides(raw, overrides)
+        assert str(err.value) == f"overrides: 1 config problem(s):\n  - {says}"

@@ -453,6 +453,26 @@ class Seen:
         promoted, _ = promote_if_better(self.store["uri"], name, "2", {"sst2": "accuracy"}, self.cfg.promotion)
         return promoted, sorted(aliases_of(client, name, "2"))
 
+    def gate_on_primary(self) -> tuple[bool, str]:
+        """The gate on logged scores for the tasks the worker trains, comparing what the promote task
+        compares (`primary_metrics` of the specs): champion v1 at dev accuracy 0.80 and macro F1 0.50,
+        challenger v2 at 0.77 and 0.90. Returns (promoted, sst2's metric compared)."""
+        from training.release.gate import primary_metrics
+        from training.release.registry import promote_if_better
+
+        assert self.store is not None
+        client, name = self.store["client"], f"gate-{next(_runs)}"
+        client.create_registered_model(name)
+        for version, scores in ((1, {"accuracy": 0.80, "macro_f1": 0.50}), (2, {"accuracy": 0.77, "macro_f1": 0.90})):
+            run = client.create_run(self.store["experiment"])
+            for metric, score in scores.items():
+                client.log_metric(run.info.run_id, f"dev.sst2.{metric}", score)
+            client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id)
+        client.set_registered_model_alias(name, "champion", "1")
+        primary = {t: m for t, m in primary_metrics(self.spec.tasks).items() if t == "sst2"}
+        promoted, _ = promote_if_better(self.store["uri"], name, "2", primary, self.cfg.promotion)
+        return promoted, primary["sst2"]
+
     def eval_device(self) -> str:
         """The flow's evaluate task on an export that does not exist: the device is chosen before the
         export is read, and a CUDA device this machine lacks is refused naming the field."""
@@ -520,6 +540,13 @@ def spec_check(attribute: str) -> Check:
 
 def task_spec(task: str, attribute: str) -> Check:
     return Check("worker spec task", lambda s: getattr(next(t for t in s.spec.tasks if t.name == task), attribute))
+
+
+def dev_score(seen: Seen, task: str) -> dict[str, float]:
+    """The metrics `evaluate.score` computes for the worker spec's task on two dev rows."""
+    from training.evaluation.evaluate import score
+
+    return score(next(t for t in seen.spec.tasks if t.name == task), [["1"], ["0"]], [["1"], ["1"]])
 
 
 INGEST = Check("ingest cache key", lambda s: s.ingest_keys["sst2"], DIFFERS)
@@ -591,6 +618,14 @@ CASES: dict[str, Case] = {
     "tasks.*.max_train_examples": Case(3, (INGEST,)),
     "tasks.*.max_dev_examples": Case(3, (INGEST,)),
     "tasks.*.sample_seed": Case(7, (INGEST,)),
+    "tasks.*.positive_label": Case("1", (task_spec("sst2", "positive_label"), Check(
+        "dev metrics of the task (evaluate.score, as evaluation during and after training computes them)",
+        lambda s: sorted(dev_score(s, "sst2")), ["accuracy", "f1", "macro_f1"]), INGEST_KEEPS)),
+    "tasks.*.primary_metric": Case("macro_f1", (
+        task_spec("sst2", "primary_metric"),
+        Check("dev evaluator selection", lambda s: s.evaluator.selection.primary["sst2"]),
+        Check("gate: the metric compared and the decision", lambda s: s.gate_on_primary(), (True, "macro_f1")),
+        INGEST_KEEPS), also=EVAL, store=True),
     "tasks.*.max_label_shift": Case(0.1, (INGEST_KEEPS, TOKENIZE_KEEPS),
                                     note="read by the data-report task against the champion's data profile "
                                          "(flows/loop.py data_report -> shift_problems); tests/test_data_profile.py"),

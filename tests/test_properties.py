@@ -207,6 +207,7 @@ TASK_CHANGES: dict[str, st.SearchStrategy[Any]] = {
     "bio_repair": st.just(True), "label_alignment": st.sampled_from(["all", "last"]), "auxiliary": st.just(True),
     "max_train_examples": st.integers(1, 10**6), "max_dev_examples": st.integers(1, 10**6),
     "sample_seed": st.integers(0, 10**6).filter(lambda v: v != 13), "max_label_shift": st.floats(0.0, 1.0),
+    "positive_label": st.just("1"), "primary_metric": st.just("macro_f1"),
 }
 
 
@@ -684,3 +685,10 @@ def test_training_settings_leave_out_secrets_and_locations() -> None:
     config = set_leaf(set_leaf(BASE_CONFIG, ("registry", "tracking_uri"), "http://u:secret@h"),
                       ("storage", "root"), "s3://bucket/secret")
     assert "secret" not in json.dumps(training_settings(config))
+
+
+def test_a_redacted_uri_hides_a_password_holding_an_at_sign_and_a_space():
+    """Edge case for mutation testing (tests/mutation_triage.toml): the text mask alone stops at
+    whitespace, so only the split of the netloc at its last `@` hides such a password whole."""
+    assert redact_uri("http://u:p@s s@host/x") == "http://***@host/x"
+    assert redact_uri("http://u:p w@host/x") == "http://***@host/x"

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.config import is_pair_task, is_regression, is_token_task
+from data_prep.config import is_pair_task, is_parsing, is_regression, is_token_task
 from data_prep.examples import Example
 from data_prep.stage import read_examples
 from training.evaluation.device import inference_device
-from training.evaluation.metrics import METRICS, Labels, metrics_for
+from training.evaluation.metrics import Labels, task_scores
 from training.evaluation.predict import Predictor
 from training.task_spec import TaskSpec, exported
 
@@ -21,8 +21,12 @@ from training.task_spec import TaskSpec, exported
 Gather = Callable[[Any], list[Any]]
 
 
-def predict_split(predictor: Predictor, task: TaskSpec, examples: list[Example]) -> tuple[list[list[str]], list[list[str]]]:
-    """Gold and predicted labels, as lists per example (one label per word, or one per sentence)."""
+def predict_split(predictor: Predictor, task: TaskSpec, examples: list[Example]) -> tuple[Labels, Labels]:
+    """Gold and predicted labels, as lists per example (one label per word, or one per sentence;
+    for a parser one `{"head": int, "deprel": str}` per word)."""
+    if is_parsing(task.type):
+        pred = predictor.predict_words([ex.tokens or [] for ex in examples], [task.name])[task.name]
+        return [[{"head": h, "deprel": d} for h, d in zip(ex.heads or [], ex.tags or [])] for ex in examples], pred
     if is_token_task(task.type):
         pred = predictor.predict_words([ex.tokens or [] for ex in examples], [task.name])[task.name]
         return [list(ex.tags or []) for ex in examples], pred
@@ -37,7 +41,7 @@ def predict_split(predictor: Predictor, task: TaskSpec, examples: list[Example])
 
 
 def score(task: TaskSpec, gold: Labels, pred: Labels) -> dict[str, float]:
-    return {name: METRICS[name](gold, pred) for name in metrics_for(task.type, task.label_scheme)}
+    return task_scores(task.type, task.label_scheme, gold, pred, task.positive_label)
 
 
 def evaluate_task(predictor: Predictor, task: TaskSpec, examples: list[Example]) -> dict[str, float]:
@@ -60,16 +64,21 @@ class TaskEvaluation:
 def evaluate_export(export_dir: str, tasks: list[TaskSpec], dev_files: dict[str, str],
                     batch_size: int, device: str | None = None) -> dict[str, TaskEvaluation]:
     """Every exported task's metrics and, for classification tasks, the confusion counts of the
-    same predictions (a tag per word for token tasks). On the inference policy's device and
-    precision (`device`: training.eval_device; None or auto: MTL_DEVICE, else CUDA when present);
+    same predictions (a tag per word for token tasks, a relation per word for a parser). On the
+    inference policy's device and precision (`device`: training.eval_device; None or auto:
+    MTL_DEVICE, else CUDA when present);
     batches by the Predictor's token budget, at most `batch_size` rows each."""
     target = inference_device(device, what="training.eval_device")
     predictor = Predictor(export_dir, batch_size=batch_size, device=target)
     out = {}
     for task in exported(tasks):
         gold, pred = predict_split(predictor, task, read_examples(dev_files[task.name]))
+        metrics = score(task, gold, pred)
+        if is_parsing(task.type):  # the relations' confusion, whatever the heads
+            gold, pred = ([[w["deprel"] for w in ws] for ws in gold],
+                          [[None if w is None else w["deprel"] for w in ws] for ws in pred])
         counts = None if is_regression(task.type) else confusion(gold, pred, task.labels)
-        out[task.name] = TaskEvaluation(score(task, gold, pred), counts)
+        out[task.name] = TaskEvaluation(metrics, counts)
     return out
 
 

@@ -4,7 +4,7 @@ text, sharing encoder passes.
 Token tasks see the text split on whitespace (long sentences are chunked like in training and
 stitched back); sentence tasks see the same encoding; pair tasks get a second pass over
 (text, text_pair) only when a pair is given. Classification gives label names, regression the
-predicted value.
+predicted value, dependency parsing `{"head": int, "deprel": str}` per word (head 0: the root).
 
 Batches are cut by a token budget, as in training: rows are sorted by length (longest first, so a
 budget too large for the device fails on the first batch, not the last) and packed while rows x
@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from data_prep.config import is_pair_task, is_regression, is_token_task
-from data_prep.tokenize import encode_texts, encode_words
+from data_prep.config import is_pair_task, is_parsing, is_regression, is_token_task
+from data_prep.tokenize import ROOT_POSITION, WordChunk, encode_texts, encode_words, word_starts
 from training.evaluation.device import autocast, inference_device, inference_dtype
 from training.trainer.batches import collate
 from training.model.export import load_export
@@ -99,9 +99,32 @@ class Predictor:
             batch.pop("labels")
             yield indices, {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _logits(self, tasks: list[str], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _logits(self, tasks: list[str], batch: dict[str, torch.Tensor],
+                starts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         with torch.no_grad(), autocast(self.device, self.dtype):
-            return self.model.predict_logits(tasks, **batch)
+            return self.model.predict_logits(tasks, **batch, word_starts=starts)
+
+    def _word_starts(self, chunks: list[WordChunk], width: int) -> torch.Tensor:
+        """`[rows, width]` bool: the root position and each word's first subword (a parser's
+        candidate heads), for a batch of chunks padded to `width`."""
+        starts = torch.zeros(len(chunks), width, dtype=torch.bool)
+        for row, chunk in enumerate(chunks):
+            starts[row, ROOT_POSITION] = True
+            starts[row, list(word_starts(chunk.word_ids).values())] = True
+        return starts.to(self.device)
+
+    def _parse_outputs(self, task: str, indices: list[int], chunks: list[WordChunk], decoded: torch.Tensor,
+                       out: list[Any]) -> None:
+        """Each owned word's `{"head": int, "deprel": str}`: the head as a 1-based word index of the
+        whole sentence (0: the root), from the decoded head position in the word's window."""
+        labels = self.tasks[task].labels
+        for index, row in zip(indices, decoded.tolist()):
+            chunk = chunks[index]
+            for pos, word in enumerate(chunk.first_subword_word):
+                if word >= 0 and row[pos][0] >= 0:
+                    head_pos, relation = row[pos]
+                    head = 0 if head_pos == ROOT_POSITION else chunk.word_ids[head_pos] + 1
+                    out[chunk.sentence][word] = {"head": head, "deprel": labels[relation]}
 
     def _sentence_outputs(self, task: str, logits: torch.Tensor) -> list[Any]:
         """A label per row for classification, the predicted value for regression."""
@@ -110,17 +133,23 @@ class Predictor:
             return logits[:, 0].float().tolist()
         return [spec.labels[i] for i in logits.argmax(-1).tolist()]
 
-    def predict_words(self, sentences: list[list[str]], tasks: list[str]) -> dict[str, list[list[str]]]:
-        """Word-level predictions for token tasks and sentence predictions for single-text tasks,
-        from one encoder pass per chunk."""
+    def predict_words(self, sentences: list[list[str]], tasks: list[str]) -> dict[str, list[list[Any]]]:
+        """Word-level predictions for token tasks (a tag per word; for a parser a `{"head": int,
+        "deprel": str}` per word, the heads of one window forming a tree) and sentence predictions
+        for single-text tasks, from one encoder pass per chunk."""
         chunks = encode_words(self.tokenizer, sentences, self.max_length)
         rows = [{"input_ids": c.input_ids, "token_type_ids": c.token_type_ids} for c in chunks]
         out: dict[str, list[Any]] = {t: [[None] * len(s) if is_token_task(self.tasks[t].type) else None
                                          for s in sentences] for t in tasks}
         first: dict[str, dict[int, int]] = {t: {} for t in tasks}  # sentence -> its earliest chunk seen so far
+        parsing = any(is_parsing(self.tasks[t].type) for t in tasks)
         for indices, batch in self._batches(rows):
-            logits = self._logits(tasks, batch)
+            starts = self._word_starts([chunks[i] for i in indices], batch["input_ids"].shape[1]) if parsing else None
+            logits = self._logits(tasks, batch, starts)
             for t in tasks:
+                if is_parsing(self.tasks[t].type):
+                    self._parse_outputs(t, indices, chunks, logits[t], out[t])
+                    continue
                 if not is_token_task(self.tasks[t].type):
                     for index, value in zip(indices, self._sentence_outputs(t, logits[t])):
                         sentence = chunks[index].sentence

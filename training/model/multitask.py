@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
-from data_prep.config import is_regression, is_token_task
-from training.model.heads import HEADS
+from data_prep.config import is_parsing, is_regression, is_token_task
+from training.model.heads import HEADS, ParserHead
 from training.lookup import lookup
 from training.model.sharing import SHARING
 from training.task_spec import TaskSpec
@@ -71,10 +71,18 @@ class MultiTaskModel(nn.Module):
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
         features, aux = self.sharing(task, input_ids, attention_mask, token_type_ids)
-        logits = self.heads[task](features, attention_mask)
+        head, spec = self.heads[task], self.tasks[task]
         if labels is None:
-            return TaskOutput(None, logits, None, None)
-        raw = task_loss(self.tasks[task].type, logits, labels)
+            return TaskOutput(None, spec.to_target(head(features, attention_mask)), None, None)
+        if isinstance(head, ParserHead):
+            # a parser scores relations at the gold heads only, which needs its own vectors, not logits
+            logits, raw = head.loss(features, attention_mask, labels)
+        else:
+            logits = head(features, attention_mask)
+            # a regression head learns the standardised target (TaskSpec.loss_targets), so its loss
+            # is on the classifiers' scale; what it returns is in the target's units
+            raw = task_loss(spec.type, logits, spec.loss_targets(labels))
+            logits = spec.to_target(logits)
         loss = self.loss_weighting(task, raw) if self.loss_weighting is not None else raw
         loss = loss + aux if aux is not None else loss
         # The returned loss is a view, so the handle's tensor is not the one a wrapper hooks
@@ -84,13 +92,28 @@ class MultiTaskModel(nn.Module):
 
     @torch.no_grad()
     def predict_logits(self, tasks: list[str], input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       token_type_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Logits for several tasks from one shared pass (as few encoder passes as the strategy allows)."""
+                       token_type_ids: torch.Tensor | None = None,
+                       word_starts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Logits for several tasks from one shared pass (as few encoder passes as the strategy allows).
+        Given `word_starts` (`[B, T]` bool: the root position and each word's first subword), a
+        parser's entry is its decoded tree instead (`ParserHead.decode`: head position and relation
+        id per word start); without, its arc scores."""
         features = self.sharing.shared_pass(tasks, input_ids, attention_mask, token_type_ids)
-        return {t: self.heads[t](features[t], attention_mask) for t in tasks}
+        out = {}
+        for t in tasks:
+            head = self.heads[t]
+            if isinstance(head, ParserHead) and word_starts is not None:
+                out[t] = head.decode(features[t], attention_mask, word_starts)
+            else:
+                out[t] = self.tasks[t].to_target(head(features[t], attention_mask))
+        return out
 
 
 def task_loss(task_type: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of a head whose loss is a function of its logits (a parser's is its head's, `ParserHead.loss`)."""
+    if is_parsing(task_type):
+        raise ValueError("dependency_parsing's loss needs the parser head's vectors, not its logits: "
+                         "call ParserHead.loss (MultiTaskModel.forward does)")
     if is_regression(task_type):
         return F.mse_loss(logits[:, 0].float(), labels.float())
     if is_token_task(task_type):

@@ -8,8 +8,11 @@ Scores are `{task: {metric: value}}`, the shape `evaluate` returns.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from training.task_spec import TaskSpec, exported
 
 # Metrics and tolerances are decimals held as binary floats: 0.8 - 0.1 is 0.7000000000000001, so
 # without this slack a challenger exactly at champion - tolerance would be refused by rounding.
@@ -18,6 +21,12 @@ GATE_END = "<!-- gate -->"  # what follows it in a version's description is the 
 
 Decision = Literal["promoted", "refused", "no champion"]
 Scores = dict[str, dict[str, float]]
+
+
+def primary_metrics(specs: Iterable[TaskSpec]) -> dict[str, str]:
+    """What the gate compares: each exported task's primary dev metric (its config's `primary_metric`,
+    else its type's default, training/task_spec.py), the one per-task selection on dev also uses."""
+    return {s.name: s.primary_metric for s in exported(list(specs))}
 
 
 def metric_key(task: str, metric: str) -> str:

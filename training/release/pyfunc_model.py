@@ -4,7 +4,8 @@ Input: a DataFrame (or records, or a dict of columns) with a `text` column (a se
 `tokens` column (a list of words), `text_pair` for sentence-pair tasks, optionally `id`; the
 rules are `training/release/serving.py`'s, shared with `mtl predict`.
 Output: a DataFrame with one column per task, every task from one call: a tag per word for token
-tasks, a label for sentence classification, a number for regression. Pair tasks are left out when
+tasks, a `{"head": int, "deprel": str}` per word for dependency parsing, a label for sentence
+classification, a number for regression. Pair tasks are left out when
 no row has a `text_pair`, and are None for a row without one.
 Bad input raises an MlflowException (INVALID_PARAMETER_VALUE) naming each row and field, so that
 `mlflow models serve` answers 400 with that text and no stack trace.

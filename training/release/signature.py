@@ -6,7 +6,8 @@ sentence-pair tasks (optional: without it those tasks are skipped) and an option
 column is optional in the schema, so MLflow's schema check keeps each of them; which one a row
 needs is checked by the model with the row named.
 What comes back: one column per exported task: a list of tags (one per whitespace word) for a
-token task, a label for a classification task, a number for a regression task.
+token task, a label for a classification task, a number for a regression task, a
+`{"head": int, "deprel": str}` per whitespace word for a dependency parser (head 0: the root).
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from typing import Any
 import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, DataType, Schema
-from mlflow.types.schema import AnyType, Array
+from mlflow.types.schema import AnyType, Array, Object, Property
 
-from data_prep.config import is_pair_task, is_regression, is_token_task
+from data_prep.config import is_pair_task, is_parsing, is_regression, is_token_task
 
 EXAMPLE_TEXTS = ["EU rejects German call to boycott British lamb .", "a gorgeous , witty , seductive movie ."]
 EXAMPLE_PAIRS = ["The EU turned down a German proposal .", "The film is dull ."]
@@ -28,6 +29,9 @@ def _has_pairs(card: dict[str, Any]) -> bool:
 
 
 def _output(task: dict[str, Any]) -> ColSpec:
+    if is_parsing(task["type"]):
+        return ColSpec(Array(Object([Property("head", DataType.long), Property("deprel", DataType.string)])),
+                       task["name"])
     if is_token_task(task["type"]):
         return ColSpec(Array(DataType.string), task["name"])
     return ColSpec(DataType.double if is_regression(task["type"]) else DataType.string, task["name"])

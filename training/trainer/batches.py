@@ -38,7 +38,7 @@ def load_features(path: str | Path) -> list[dict[str, Any]]:
 def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(r["input_ids"]) for r in rows)
 
-    def pad(key: str, value: int) -> torch.Tensor:
+    def pad(key: str, value: int | list[int]) -> torch.Tensor:
         return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows])
 
     batch = {
@@ -47,7 +47,11 @@ def collate(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
         "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"]))
                                         for r in rows]),
     }
-    if isinstance(rows[0]["labels"], list):
+    first = rows[0]["labels"]
+    if isinstance(first, list) and first and isinstance(first[0], list):
+        # a label per position with several channels (dependency parsing: deprel, head, candidate)
+        batch["labels"] = pad("labels", [IGNORE] * len(first[0]))
+    elif isinstance(first, list):
         batch["labels"] = pad("labels", IGNORE)
     else:
         batch["labels"] = torch.tensor([r["labels"] for r in rows])

