@@ -29,6 +29,12 @@ No training runs and nothing is mocked. A field whose last consumer runs only in
 process (the loop, the engine) is checked where it leaves for it, the worker spec; a field no
 code reads would be listed in UNCONSUMED with its reason (none is today). A new field or
 parameter without a case fails `test_every_setting_and_parameter_has_a_case`.
+
+The worker's side is built by the worker's own function (`build_parts`), never by a copy of its
+lines here: a copy would pass while the worker dropped the value. Drops planted one per layer
+(2026-12-04), each caught by its case: the worker spec (log_every replaced in `launch_stage`), the
+ingest cache key (label_separator left out), the worker's sampler (a fixed temperature) and loss
+weighting (a fixed seed), the MLflow params (registry.experiment popped), the gate (tolerance 0).
 """
 from __future__ import annotations
 
@@ -291,46 +297,33 @@ class Seen:
     def flag(self, name: str) -> str | None:
         return next((a.split("=", 1)[1] for a in self.command if a.startswith(f"--{name}=")), None)
 
-    # ---- what training/trainer/worker.py `train` builds from the spec (its lines, rank 0)
+    # ---- what training/trainer/worker.py `train` builds from the spec (its own functions, rank 0)
     @property
     def world_size(self) -> int:
         return self.spec.training.processes * self.spec.training.nodes
 
     @cached_property
+    def parts(self) -> tuple[Any, Any, Any, Any]:
+        """The worker's own construction (training/trainer/worker.py `build_parts`), rank 0."""
+        from training.trainer.worker import build_parts
+
+        return build_parts(self.spec, 0, self.world_size, PAD)
+
+    @property
     def batches(self) -> Any:
-        from training.trainer.batches import TaskBatches, load_features
+        return self.parts[0]
 
-        cfg = self.spec.training
-        return TaskBatches({t: load_features(p) for t, p in self.spec.features.items()}, cfg.micro_batch_size,
-                           0, self.world_size, cfg.seed, PAD, cfg.group_by_length, cfg.length_bucket_batches,
-                           cfg.max_tokens)
-
-    @cached_property
+    @property
     def sampler(self) -> Any:
-        from training.lookup import lookup
-        from training.trainer.sampling import SAMPLERS
+        return self.parts[1]
 
-        cfg, gas = self.spec.training, self.spec.deepspeed.resolved().gradient_accumulation_steps
-        return lookup(SAMPLERS, cfg.sampler, "sampler")(
-            self.batches.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
-            final_alpha=cfg.sampler_final_alpha)
-
-    @cached_property
+    @property
     def weighting(self) -> Any:
-        from training.lookup import lookup
-        from training.trainer.weighting import WEIGHTINGS
+        return self.parts[2]
 
-        cfg = self.spec.training
-        return lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(self.spec.features), cfg.seed,
-                                                                   **cfg.weighting_params)
-
-    @cached_property
+    @property
     def model(self) -> Any:
-        from training.model.multitask import build_model
-
-        spec, cfg = self.spec, self.spec.training
-        return build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout,
-                           cfg.sharing_params, self.weighting.module(), spec.encoder.attn_implementation)
+        return self.parts[3]
 
     @cached_property
     def ds_config(self) -> dict[str, Any]:
@@ -651,7 +644,8 @@ CASES: dict[str, Case] = {
         s.ds_config["optimizer"]["params"]["weight_decay"])),), also={"deepspeed.offload_optimizer": True}),
     "training.warmup_steps": Case(5, (Check("DeepSpeed scheduler", lambda s: (
         s.ds_config["scheduler"]["params"]["warmup_num_steps"])),)),
-    "training.seed": Case(7, (Check("sampler", lambda s: s.sampler.seed), Check("batches", lambda s: s.batches.seed))),
+    "training.seed": Case(7, (Check("sampler", lambda s: s.sampler.seed), Check("batches", lambda s: s.batches.seed),
+                              Check("loss weighting (pcgrad's projection order)", lambda s: s.weighting.seed))),
     "training.processes": Case(1, (Check("launcher command", lambda s: s.flag("num_gpus"), "1"),
                                    Check("engine plan world", lambda s: s.plan.zero_stage, 0))),
     "training.nodes": Case(2, (Check("launcher command", lambda s: s.flag("num_nodes"), "2"),),

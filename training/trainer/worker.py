@@ -34,6 +34,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def build_parts(spec: WorkerSpec, rank: int, world: int, pad_id: int) -> tuple[Any, Any, Any, Any]:
+    """What this rank trains with, built from the spec alone: its task batches, the task sampler,
+    the loss weighting and the model (tests/test_config_reachability.py checks every setting arrives
+    here through this same function)."""
+    from training.lookup import lookup
+    from training.model.multitask import build_model
+    from training.trainer.batches import TaskBatches, load_features
+    from training.trainer.sampling import SAMPLERS
+    from training.trainer.weighting import WEIGHTINGS
+
+    cfg, gas = spec.training, spec.deepspeed.resolved().gradient_accumulation_steps
+    data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
+                       rank, world, cfg.seed, pad_id, cfg.group_by_length, cfg.length_bucket_batches, cfg.max_tokens)
+    sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
+        data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
+        final_alpha=cfg.sampler_final_alpha)
+    weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features), cfg.seed,
+                                                                    **cfg.weighting_params)
+    model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout,
+                        cfg.sharing_params, weighting.module(), spec.encoder.attn_implementation)
+    return data, sampler, weighting, model
+
+
 def train(spec: WorkerSpec) -> None:
     """Set up this process's part of the run, run the loop, export on rank 0."""
     import deepspeed
@@ -41,18 +64,14 @@ def train(spec: WorkerSpec) -> None:
     from transformers import AutoTokenizer
 
     from training.launch.launcher import release_own_shm_buffer
-    from training.lookup import lookup
     from training.model.export import export_weights
-    from training.model.multitask import build_model, load_matching, resolve_encoder_path
+    from training.model.multitask import load_matching, resolve_encoder_path
     from training.model.sharing.multi_encoder import task_view
-    from training.trainer.batches import TaskBatches, load_features
     from training.trainer.checkpointer import Checkpointer, RandomState
     from training.trainer.checkpoints import CheckpointStore, tag_for
     from training.trainer.deepspeed_fixes import check_version
     from training.trainer.engine import Engine, local_world
     from training.trainer.loop import MetricsLog, train_loop
-    from training.trainer.sampling import SAMPLERS
-    from training.trainer.weighting import WEIGHTINGS
 
     rank, world, local = local_world()
     cfg, gas = spec.training, spec.deepspeed.resolved().gradient_accumulation_steps
@@ -62,16 +81,7 @@ def train(spec: WorkerSpec) -> None:
     release_own_shm_buffer(dist.get_rank())
     seed_everything(cfg.seed + rank)
     tokenizer = AutoTokenizer.from_pretrained(resolve_encoder_path(spec.encoder.name_or_path))
-    data = TaskBatches({t: load_features(p) for t, p in spec.features.items()}, cfg.micro_batch_size,
-                       rank, world, cfg.seed, tokenizer.pad_token_id, cfg.group_by_length,
-                       cfg.length_bucket_batches, cfg.max_tokens)
-    sampler = lookup(SAMPLERS, cfg.sampler, "sampler")(
-        data.sizes(), cfg.seed, total_draws=cfg.steps * gas, temperature=cfg.sampler_temperature,
-        final_alpha=cfg.sampler_final_alpha)
-    weighting = lookup(WEIGHTINGS, cfg.weighting, "loss weighting")(sorted(spec.features), cfg.seed,
-                                                                    **cfg.weighting_params)
-    model = build_model(spec.encoder.name_or_path, spec.tasks, cfg.sharing, spec.encoder.dropout,
-                        cfg.sharing_params, weighting.module(), spec.encoder.attn_implementation)
+    data, sampler, weighting, model = build_parts(spec, rank, world, tokenizer.pad_token_id)
     if spec.init_from:
         start = export_weights(spec.init_from)
         if spec.init_task:  # a fine-tuning stage: its task's own weights where the export has them
