@@ -34,7 +34,8 @@ The worker's side is built by the worker's own function (`build_parts`), never b
 lines here: a copy would pass while the worker dropped the value. Drops planted one per layer
 (2026-12-04), each caught by its case: the worker spec (log_every replaced in `launch_stage`), the
 ingest cache key (label_separator left out), the worker's sampler (a fixed temperature) and loss
-weighting (a fixed seed), the MLflow params (registry.experiment popped), the gate (tolerance 0).
+weighting (a fixed seed), the MLflow params (registry.experiment popped), the gate (tolerance 0), a
+deployment's parameter (promote's `by` not passed on in flows/promote.py).
 """
 from __future__ import annotations
 
