@@ -50,10 +50,13 @@ servers: $(STAMP)
 screenshots: $(STAMP)
 	$(BIN)/python tools/screenshots.py
 
-# Not part of `make test` or CI: breaks the code that decides results on purpose, one mutant at a
-# time, and checks the tests notice (tools/mutation.py; 4 to 7 minutes on 2 CPU cores).
+# Not part of `make test` or CI: breaks the code on purpose, one mutant at a time, and checks the
+# tests notice. First the curated smoke set (tools/mutation.py; 4 to 7 minutes on 2 CPU cores), then
+# mutmut on a seeded sample per module with only the tests that reach each mutant
+# (tools/mutation_sample.py; reports in .mtl/mutation/); niced, the machine stays usable.
 mutation: $(STAMP)
 	$(BIN)/python tools/mutation.py
+	nice -n 10 $(BIN)/python tools/mutation_sample.py
 
 clean:
 	rm -rf $(VENV) .mtl

@@ -57,3 +57,14 @@ def test_padding_and_label_masking():
     row = batch["input_ids"].tolist().index([1, 2, 9])
     assert batch["attention_mask"][row].tolist() == [1, 1, 0]
     assert batch["labels"][row].tolist() == [-100, 5, -100]
+
+
+def test_collate_pads_each_channel_of_a_parsing_label_with_ignore():
+    """A parsing row has several label channels per position: the padding fills every channel."""
+    from training.trainer.batches import IGNORE, collate
+
+    rows = [{"input_ids": [1, 2, 3], "token_type_ids": [0, 0, 0], "labels": [[0, 1], [2, 3], [4, 5]]},
+            {"input_ids": [1, 2], "token_type_ids": [0, 0], "labels": [[6, 7], [8, 9]]}]
+    batch = collate(rows, pad_id=0)
+    assert batch["labels"].tolist() == [[[0, 1], [2, 3], [4, 5]], [[6, 7], [8, 9], [IGNORE, IGNORE]]]
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 2, 0]]

@@ -171,3 +171,10 @@ def test_s3_failure_between_upload_and_marker_leaves_no_marker(s3, tmp_path, mon
     assert store.latest() == PREVIOUS
     if failure == "upload":  # the half upload is there, unmarked
         assert remote_names(real, store.uri) and len(remote_names(real, store.uri)) < len(rank_files(0)) + 1
+
+
+def test_a_file_uri_is_a_local_store():
+    from training.trainer.checkpoints import is_remote
+
+    assert not is_remote("file:///tmp/run/checkpoints") and not is_remote("/tmp/run/checkpoints")
+    assert is_remote("s3://bucket/run/checkpoints")

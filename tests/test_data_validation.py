@@ -248,3 +248,54 @@ def test_plain_tag_column_holding_words_is_refused(data_dir, write):
     assert "set token_column: 1 and tag_column: 0" in text
     assert len(ingest_task(cfg(train, train, type="token_classification", format="conll", tag_column=1), None).labels) \
         > 1000, "a tag column named in the config may hold a large tag set"
+
+
+# ---- mutation survivors of data_prep (tools/mutation_sample.py, tests/mutation_triage.toml) ----
+
+def test_each_reader_issue_names_file_line_field_problem_and_fix_word_for_word():
+    """The exact text of what the readers and the checks report: file, line, field, problem and fix
+    (mutants that dropped the file, the fix or changed a word of them survived)."""
+    from data_prep.errors import IssueCollector
+    from data_prep.ingest import validate_examples
+    from data_prep.readers import read_conllu, read_jsonl, read_tsv
+
+    parsing = TaskDataConfig(name="dep", type="dependency_parsing", format="conllu", train="t", dev="d")
+    issues = IssueCollector()
+    read_conllu("1\tA\ta\tX\t_\t_\t0\troot\t_\t_\n1\tB\tb\tX\t_\t_\t1\tdep\t_\t_\n\n"
+                "1\tC\tc\tX\t_\t_\t0\t_\t_\t_\n\n", "t.conllu", parsing, issues)
+    assert [str(i) for i in issues.issues] == [
+        "t.conllu:1: ID (column 1): word ID(s) [1] occur more than once in the sentence "
+        "(number the words of a sentence 1, 2, 3, ... (each once))",
+        "t.conllu:4: DEPREL (column 8): '_' (unannotated) (every word needs its dependency relation in column 8 "
+        "(nsubj, obj, root, ...))"]
+    issues = IssueCollector()
+    read_jsonl('[1, 2]\n', "t.jsonl", TaskDataConfig(name="s", type="sequence_classification", format="jsonl",
+                                                     train="t", dev="d"), issues)
+    assert [str(i) for i in issues.issues] == [
+        "t.jsonl:1: json: expected an object, found list (write one JSON object per line)"]
+    regression = TaskDataConfig(name="r", type="sequence_regression", format="tsv", train="t", dev="d")
+    issues = IssueCollector()
+    validate_examples(read_tsv("sentence\tlabel\ngood\thigh\n", "t.tsv", regression, issues), regression, issues)
+    assert [str(i) for i in issues.issues] == [
+        "t.tsv:2: label: 'high' is not a number (sequence_regression targets are real numbers (e.g. 3.8))"]
+
+
+def test_a_report_past_its_limit_says_how_many_more_there_are():
+    from data_prep.errors import DataIssue
+
+    issues = [DataIssue("f", i, "x", "bad") for i in range(1, 5)]
+    assert str(DataValidationError(issues, limit=2, dropped=3)).endswith("f:2: x: bad\n  ... and 5 more")
+
+
+def test_retries_take_the_attempts_given():
+    from data_prep.retry import with_retries
+
+    calls = []
+
+    def flaky() -> None:
+        calls.append(1)
+        raise TimeoutError("slow")
+
+    with pytest.raises(TimeoutError):
+        with_retries(flaky, "a read", attempts=2, first_delay_s=0.0, on_retry=lambda message: None)
+    assert len(calls) == 2

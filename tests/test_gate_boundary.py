@@ -191,3 +191,15 @@ def test_one_retraining_run_per_model_at_a_time(prefect_engine):
     with retrain_lock("lock-m", timeout_s=5):  # released at the end of the first holder's block
         pass
     assert retrain_lock_name("team/model x") == "mtl-retrain-team_model_x"
+
+
+def test_the_gate_table_lists_each_task_with_this_version_and_the_champion():
+    from training.release.gate import gate_table
+
+    primary = {"pos": "accuracy", "ner": "entity_f1"}
+    mine = {metric_key("pos", "accuracy"): 0.9, metric_key("ner", "entity_f1"): 0.75}
+    held = {metric_key("pos", "accuracy"): 0.85}
+    assert gate_table(mine, held, primary, "v3") == "\n".join([
+        "| task | metric | this version | v3 |", "|---|---|---|---|",
+        "| ner | entity_f1 | 0.7500 | - |", "| pos | accuracy | 0.9000 | 0.8500 |"])
+    assert gate_table(mine, None, primary, None).splitlines()[0] == "| task | metric | this version |"

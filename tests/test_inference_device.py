@@ -272,3 +272,27 @@ def test_progress_shows_rows_rate_and_time_left_only_on_a_terminal():
     quiet.update(1000)
     quiet.close()
     assert piped.getvalue() == ""
+
+
+def test_evaluating_an_export_scores_every_task_and_counts_each_classifiers_confusion(export, tmp_path):
+    """evaluate_export and evaluate_model on the tiny export: each task's metrics, the confusion
+    counts of the same predictions for the label tasks (none for regression), and the metrics alone."""
+    from data_prep.examples import Example
+    from training.evaluation.evaluate import evaluate_export, evaluate_model
+
+    rows = {"pos": [Example("d", 1, tokens=["the", "cat", "sat"], tags=["DET", "NOUN", "VERB"])],
+            "sst2": [Example("d", 1, text="a big cat", label="1"), Example("d", 2, text="it ran", label="0")],
+            "sts": [Example("d", 1, text="a cat", text_pair="the cat", label="4.0"),
+                    Example("d", 2, text="red", text_pair="it ran", label="1.0"),
+                    Example("d", 3, text="dog", text_pair="dog", label="5.0")]}
+    dev = {}
+    for name, examples in rows.items():
+        dev[name] = str(tmp_path / f"{name}.jsonl")
+        Path(dev[name]).write_text("".join(json.dumps(e.to_dict()) + "\n" for e in examples))
+    found = evaluate_export(str(export), TASKS, dev, 8, device="cpu")
+    assert {name: sorted(t.metrics) for name, t in found.items()} == {
+        "pos": ["accuracy"], "sst2": ["accuracy", "macro_f1"], "sts": ["neg_mse", "pearson", "spearman"]}
+    assert found["pos"].confusion["labels"] == TASKS[0].labels
+    assert sum(map(sum, found["pos"].confusion["counts"])) == 3
+    assert sum(map(sum, found["sst2"].confusion["counts"])) == 2 and found["sts"].confusion is None
+    assert evaluate_model(str(export), TASKS, dev, 8, device="cpu") == {n: t.metrics for n, t in found.items()}

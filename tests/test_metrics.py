@@ -54,3 +54,15 @@ def test_regression_metrics_are_higher_is_better_and_defined_for_constants():
 ])
 def test_metrics_for_each_task_type(task_type, scheme, expected):
     assert metrics_for(task_type, scheme) == expected
+
+
+def test_f1_is_of_the_tasks_positive_label_and_las_compares_universal_relations():
+    """`f1` scores the class the task names positive (not "1"); LAS counts `nmod:poss` against
+    `nmod` as the same relation (CoNLL 2018), and a wrong head as wrong whatever the relation."""
+    from training.evaluation.metrics import las, task_scores
+
+    gold, pred = [["yes"], ["no"], ["yes"]], [["yes"], ["no"], ["no"]]
+    assert task_scores("sequence_classification", "plain", gold, pred, "yes")["f1"] == pytest.approx(2 / 3)
+    words = [[{"head": 0, "deprel": "root"}, {"head": 1, "deprel": "nmod:poss"}, {"head": 1, "deprel": "obj"}]]
+    guess = [[{"head": 0, "deprel": "root"}, {"head": 1, "deprel": "nmod"}, {"head": 2, "deprel": "obj"}]]
+    assert las(words, guess) == pytest.approx(2 / 3)

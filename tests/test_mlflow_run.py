@@ -174,3 +174,17 @@ def test_the_config_params_carry_no_secret(tiny_encoder, tmp_path):
     assert not [s for s in ("AKIAPLANTED", "planted-secret-key", "planted-password") if s in shown]
     assert params["registry.tracking_uri"] == "http://***@mlflow.internal:5000"
     assert params["storage.s3.secret_access_key"] == "**********" and params["training.steps"] == 12
+
+
+def test_the_figures_label_bars_to_three_places_size_to_their_labels_and_name_their_axes(monkeypatch):
+    """The figures themselves (their PNG bytes are checked above): bar labels, the confusion
+    matrix's size for few labels, the affinity heatmap's axis names."""
+    from training.release import plots
+
+    monkeypatch.setattr(plots, "_png", lambda fig: fig)  # the figure instead of its PNG
+    bars = plots.challenger_vs_champion({"pos": 0.91234}, {"pos": 0.8}, {"pos": "accuracy"})
+    assert sorted(t.get_text() for t in bars.axes[0].texts) == ["0.800", "0.912"]
+    assert tuple(plots.confusion_matrix(["A", "B", "C"], [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "t")
+                 .get_size_inches()) == (4.5, 3.5)
+    heat = plots.affinity_heatmap({"pos": {"pos": 0.0, "ner": 0.1}, "ner": {"pos": -0.2, "ner": 0.0}})
+    assert (heat.axes[0].get_xlabel(), heat.axes[0].get_ylabel()) == ("task whose loss moves", "task stepped on")

@@ -158,3 +158,12 @@ def test_registering_leaves_mlflow_process_state_as_it_was_so_the_next_run_uses_
     again = register_model(cfg, uri_b, None, "run-b", export, {}, {"pos": {"accuracy": 0.6}}, {}, "challenger")
     assert (again.version, os.environ["MLFLOW_TRACKING_URI"]) == ("1", uri_a)
     assert len(run_versions(MlflowClient(uri_b), "m", second.run_id)) == 1
+
+
+def test_a_client_for_a_store_registers_in_that_store_whatever_the_process_says(tmp_path, monkeypatch):
+    from training.release.registry import client_for
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    client = client_for(uri)
+    assert client._registry_uri == uri and client.tracking_uri == uri

@@ -336,3 +336,11 @@ def test_an_earlier_steps_weights_come_back_from_its_pinned_checkpoint(world_of_
         weights = engine.checkpoint_weights(store, tag_for(step))
         for key, value in seen[step].items():
             torch.testing.assert_close(weights[key], value, rtol=0, atol=0)
+
+
+def test_the_card_names_the_selection_mode():
+    """The model card says how its steps were chosen (the mode), beside the steps themselves."""
+    for mode in ("per_task", "mean"):
+        selection = Selection(PRIMARY, mode)
+        selection.update(2, scores(0.5, 0.3))
+        assert selection.card()["mode"] == mode

@@ -164,3 +164,23 @@ def test_mlflow_scoring_answers_a_bad_input_with_400_and_no_stack_trace(store, m
     answer = json.loads(caught.value.serialize_as_json())
     assert "input:2: tokens: must be a non-empty list of strings" in answer["message"]
     assert "stack_trace" not in answer and "Traceback" not in answer["message"]
+
+
+def test_a_field_of_the_wrong_kind_is_named_by_its_json_kind():
+    from training.release.server import _kind
+
+    assert [_kind(v) for v in ({}, [], "x", True, None, 3, 2.5)] == [
+        "object", "array", "string", "boolean", "null", "number", "number"]
+
+
+def test_the_access_log_leaves_health_checks_out(caplog):
+    """Health checks come every few seconds: only the other requests reach the access log."""
+    from training.release.server import Handler
+
+    handler = Handler.__new__(Handler)  # the method alone: no socket, no server
+    handler.client_address = ("127.0.0.1", 5000)
+    with caplog.at_level("INFO", logger="mtl.serve"):
+        for path in ("/ping", "/ping?x=1", "/invocations", "/version"):
+            handler.path = path
+            handler.log_message("%s", f"GET {path}")
+    assert [r.getMessage() for r in caplog.records] == ["127.0.0.1 GET /invocations", "127.0.0.1 GET /version"]

@@ -125,3 +125,16 @@ def test_gradient_weightings_refuse_fp16_and_sampled_steps():
         zero3 = WEIGHTINGS[name].config_problems({}, TASKS, 3, "fp32")
         assert len(zero3) == 1 and zero3[0].startswith("deepspeed.zero_stage") and "ZeRO-3" in zero3[0]
     assert WEIGHTINGS["dwa"].config_problems({}, TASKS, 3, "fp32") == []
+
+
+def test_gradnorm_refuses_a_step_without_gradients_and_resumes_its_state():
+    """What GradNorm carries to a resumed run (its weights and the first losses its rates are
+    relative to) comes back as saved; a step without per-task gradients is refused, saying why."""
+    first = WEIGHTINGS["gradnorm"](["a", "b"])
+    with pytest.raises(ValueError, match="^gradnorm needs per-task gradients$"):
+        first.combine(torch.tensor([1.0, 2.0]), None)
+    first.combine(torch.tensor([1.0, 2.0]), torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+    resumed = WEIGHTINGS["gradnorm"](["a", "b"])
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.state_dict() == first.state_dict() and resumed.initial is not None
+    assert torch.equal(resumed.initial, torch.tensor([1.0, 2.0]))
