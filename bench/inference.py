@@ -1,7 +1,9 @@
-"""One-pass multi-task inference vs. one model per task, on this machine's CPU; and the served path
-against a plain Hugging Face loop, on the inference policy's device.
+"""One-pass multi-task inference vs. one model per task, on this machine's CPU; the served path
+against a plain Hugging Face loop, and the flow's evaluate task's wall time, on the inference
+policy's device.
 
     python bench/inference.py --out bench/results/inference.json            # MiniLM and tiny, K = 2..4
+    python bench/inference.py --out bench/results/inference_evaluate.json --arms evaluate   # demo, BERT-large
 
 For K = 2..4 tasks (POS and NER tags, SST-2 and TREC classes: every one reads the same sentence, so
 every arm does the same work per task) and each encoder:
@@ -31,6 +33,22 @@ every sentence one window (those longer than --max-length are left out, so both 
   device: the lower bound of any loop.
 Tokens per second count real (unpadded) tokens over CPU seconds on the CPU, wall seconds on CUDA;
 `ratio` = served / plain (target >= 0.9); `same_predictions`: the arms' labels agree.
+
+`evaluate` (`--arms evaluate`, not in the default run): what the flow's evaluate task runs,
+`training.evaluation.evaluate.evaluate_export` (load the export on the policy's device, predict each
+dev split in token-budget batches of at most `training.eval_batch_size` rows, score, confusion
+counts), called on the dev splits of configs/demo.yaml as its ingest leaves them (1,000 rows per
+task), for exports written as training writes them, with the demo's tasks, sharing and max_length:
+- demo: the demo's pretrained MiniLM (fresh heads);
+- large: a random-init BERT-large shape (24 layers, hidden 1024, 16 heads, intermediate 4096; 335 M
+  parameters) on the first `--eval-examples` rows of each dev split (64 by default: on a CPU the
+  whole splits would take many minutes);
+- tiny: a random-init 2-layer BERT (hidden 64), for the smoke test.
+Device: --device, else the demo's `training.eval_device` (auto), else MTL_DEVICE, else CUDA when
+present; precision: --precision given to the evaluation as MTL_PRECISION (the flow has no precision
+flag), else the policy's. Each export's figures: the first (cold) call apart, then the median wall
+and CPU seconds of `--eval-repeats` more calls, each including the export's load, and seconds per
+1,000 dev rows. The heads are untrained: the metrics are reported, not meaningful.
 """
 from __future__ import annotations
 
@@ -58,10 +76,11 @@ import torch  # noqa: E402
 
 from data_prep.sources import default_data_dir  # noqa: E402
 from data_prep.tokenize import encode_words  # noqa: E402
-from training.evaluation.device import autocast, inference_device, inference_dtype, precision_name  # noqa: E402
+from training.evaluation.device import (  # noqa: E402
+    PRECISION_ENV, autocast, inference_device, inference_dtype, precision_name)
 from training.evaluation.predict import Predictor, default_max_tokens, token_batches  # noqa: E402
 from training.model.multitask import MultiTaskModel, build_model  # noqa: E402
-from training.task_spec import TaskSpec  # noqa: E402
+from training.task_spec import TaskSpec, spec_for  # noqa: E402
 from training.trainer.batches import collate  # noqa: E402
 
 UPOS = ["ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
@@ -337,6 +356,120 @@ def served_vs_plain(name: str, args: argparse.Namespace, words: list[list[str]],
             "seconds": {arm: {k: round(v, 6) for k, v in kinds.items()} for arm, kinds in sorted(seconds.items())}}
 
 
+# ---------------------------------------------------------------------------------------------------
+# the flow's evaluate task: `evaluate_export` over the demo config's dev splits
+
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+LARGE = {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096}
+EXPORTS = ("demo", "large", "tiny")
+ARMS = ("k_tasks", "served", "evaluate")
+
+
+def demo_splits(work: Path) -> tuple[Any, list[TaskSpec], dict[str, Path]]:
+    """The demo config, its task specs and its dev splits as the flow's ingest task leaves them
+    (read, validated, subsampled to each task's max_dev_examples; JSONL), ingested once."""
+    from data_prep.ingest import ingest_task
+    from data_prep.stage import write_jsonl
+    from flows.config import load_config
+
+    config = load_config(DEMO_CONFIG)
+    data_dir = config.resolved_data_dir()
+    specs, dev = [], {}
+    for task in config.tasks:
+        data = ingest_task(task, data_dir)
+        for split, examples in data.splits.items():
+            write_jsonl(work / "ingest" / task.name / f"{split}.jsonl", [ex.to_dict() for ex in examples])
+        specs.append(spec_for(task, data.labels, work / "ingest" / task.name / "train.jsonl"))
+        dev[task.name] = work / "ingest" / task.name / "dev.jsonl"
+    return config, specs, dev
+
+
+def dev_subset(dev: dict[str, Path], limit: int | None, folder: Path) -> dict[str, Path]:
+    """The first `limit` rows of each dev split (already a seeded sample of the task's dev file);
+    None: the splits as they are."""
+    if limit is None:
+        return dev
+    out = {}
+    for task, path in dev.items():
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True) if line.strip()]
+        out[task] = folder / f"{task}.jsonl"
+        out[task].parent.mkdir(parents=True, exist_ok=True)
+        out[task].write_text("".join(lines[:limit]), encoding="utf-8")
+    return out
+
+
+def evaluation_export(name: str, config: Any, specs: list[TaskSpec], work: Path) -> tuple[Path, int]:
+    """An export of the demo's tasks, written as training writes one (`write_export`, the demo's
+    sharing, dropout and max_length): `demo` the demo's pretrained MiniLM, `large` and `tiny` a
+    random-init BERT of that shape with the MiniLM tokenizer. The heads are fresh: the labels mean
+    nothing, the work per row is a trained model's. Returns the folder and the parameter count."""
+    from transformers import AutoTokenizer, BertConfig
+
+    from training.model.export import write_export
+    from training.model.multitask import build_model_skeleton, resolve_encoder_path
+
+    encoder_cfg, training = config.encoder, config.training
+    torch.manual_seed(0)
+    if name == "demo":
+        path = resolve_encoder_path(encoder_cfg.name_or_path)
+        model = build_model(path, specs, training.sharing, encoder_cfg.dropout, training.sharing_params)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+        folder = work / f"{name}-encoder-config"  # the shape only: random weights, nothing to save
+        BertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=512,
+                   **(LARGE if name == "large" else TINY)).save_pretrained(folder)
+        model = build_model_skeleton(folder, specs, training.sharing, encoder_cfg.dropout, training.sharing_params)
+    card = {"sharing": training.sharing, "sharing_params": training.sharing_params, "dropout": encoder_cfg.dropout,
+            "max_length": encoder_cfg.max_length}
+    out = write_export(work / f"{name}-export", model.state_dict(), model, tokenizer, card)
+    parameters = sum(p.numel() for p in model.parameters())
+    del model  # a BERT-large is 1.3 GB: the evaluation loads its own copy from the export
+    return out, parameters
+
+
+def evaluate_wall_time(name: str, args: argparse.Namespace, work: Path, demo: tuple[Any, list[TaskSpec],
+                       dict[str, Path]]) -> dict[str, Any]:
+    """The flow's evaluate task's work (`evaluate_export`: load the export on the policy's device,
+    predict every dev split, score, confusion counts), timed end to end, export load included: the
+    first call apart (cold: imports, the export read from disk), then the median of
+    `--eval-repeats` more."""
+    from training.evaluation.evaluate import evaluate_export
+    from training.model.export import load_export
+
+    config, specs, dev = demo
+    limit = args.demo_eval_examples if name == "demo" else args.eval_examples
+    files = dev_subset(dev, limit, work / f"{name}-dev")
+    rows = {task: sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+            for task, path in files.items()}
+    export, parameters = evaluation_export(name, config, specs, work)
+    batch_size = config.training.eval_batch_size
+    device = config.training.eval_device if args.device is None else args.device
+
+    def run() -> dict[str, Any]:
+        return evaluate_export(str(export), specs, {t: str(p) for t, p in files.items()}, batch_size, device=device)
+
+    times: dict[str, list[float]] = {"cpu": [], "wall": []}
+    for _ in range(args.eval_repeats + 1):
+        cpu, wall = time.process_time(), time.perf_counter()
+        found = run()
+        metrics = {t: e.metrics for t, e in found.items()}
+        times["cpu"].append(time.process_time() - cpu)
+        times["wall"].append(time.perf_counter() - wall)
+    first = {kind: round(values[0], 3) for kind, values in times.items()}
+    median = {kind: round(statistics.median(values[1:]), 3) for kind, values in times.items()}
+    del found
+    cpu, wall = time.process_time(), time.perf_counter()
+    load_export(export, device)  # the load alone, once: how much of a call is not prediction
+    load = {"cpu": round(time.process_time() - cpu, 3), "wall": round(time.perf_counter() - wall, 3)}
+    total = sum(rows.values())
+    return {"export": name, "parameters": parameters, "tasks": [t.name for t in specs], "rows": rows,
+            "total_rows": total, "max_length": config.encoder.max_length, "eval_batch_size": batch_size,
+            "metrics": metrics, "first_call_s": first, "median_s": median, "repeats": args.eval_repeats,
+            "load_export_s": load, "wall_s_per_1000_rows": round(1000 * median["wall"] / total, 3),
+            "cpu_s_per_1000_rows": round(1000 * median["cpu"] / total, 3)}
+
+
 def compare(multi: dict[str, float], singles: list[dict[str, float]]) -> dict[str, float]:
     """The multi-head model against one single-task model (their mean) and all K, by CPU time;
     the wall-clock ratio beside it."""
@@ -361,17 +494,43 @@ def parse_args() -> argparse.Namespace:
                              "CPU makes multi-threaded timings collapse and drift)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None,
-                        help="served vs plain: auto, cpu, cuda or cuda:N (default: $MTL_DEVICE, else CUDA when present)")
+                        help="served vs plain and evaluate: auto, cpu, cuda or cuda:N (default: $MTL_DEVICE, "
+                             "else CUDA when present)")
     parser.add_argument("--precision", default=None,
-                        help="served vs plain: auto, fp32, bf16 or fp16 (default: $MTL_PRECISION, else bf16 on a GPU "
-                             "that has it, else fp32)")
+                        help="served vs plain and evaluate: auto, fp32, bf16 or fp16 (default: $MTL_PRECISION, "
+                             "else bf16 on a GPU that has it, else fp32)")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="served vs plain: the Predictor's token budget per batch (default: the Predictor's "
                              "for the device)")
     parser.add_argument("--no-served", action="store_true", help="leave the served vs plain comparison out")
+    parser.add_argument("--arms", default="k_tasks,served",
+                        help=f"comma-separated, of {', '.join(ARMS)}: k_tasks (one pass vs one model per task), "
+                             "served (served path vs plain loop), evaluate (the flow's evaluate task; not in the "
+                             "default run)")
+    parser.add_argument("--evaluate-exports", default="demo,large",
+                        help="evaluate: comma-separated, of demo (the demo's pretrained MiniLM), large (random-init "
+                             "BERT-large shape: 24 layers, hidden 1024), tiny (2 layers, hidden 64)")
+    parser.add_argument("--eval-examples", type=int, default=64,
+                        help="evaluate: the first N rows of each task's dev split for the large and tiny exports")
+    parser.add_argument("--demo-eval-examples", type=int, default=None,
+                        help="evaluate: the same for the demo export (default: the demo's whole dev splits, "
+                             "max_dev_examples of each task)")
+    parser.add_argument("--eval-repeats", type=int, default=3,
+                        help="evaluate: timed calls after the first (cold) call, which is reported apart")
     args = parser.parse_args()
     if unknown := [e for e in args.encoders.split(",") if e not in ("minilm", "tiny")]:
         parser.error(f"--encoders: unknown {unknown}; choose from minilm, tiny")
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if unknown := [a for a in args.arms if a not in ARMS]:
+        parser.error(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
+    if args.no_served and "served" in args.arms:
+        args.arms.remove("served")
+    args.evaluate_exports = [e.strip() for e in args.evaluate_exports.split(",") if e.strip()]
+    if unknown := [e for e in args.evaluate_exports if e not in EXPORTS]:
+        parser.error(f"--evaluate-exports: unknown {unknown}; choose from {', '.join(EXPORTS)}")
+    for flag in ("eval_examples", "demo_eval_examples", "eval_repeats"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: give at least 1")
     return args
 
 
@@ -386,23 +545,21 @@ def main() -> None:
     device = inference_device(args.device, what="--device")
     dtype = inference_dtype(device, args.precision, what="--precision")
     args.max_tokens = args.max_tokens or default_max_tokens(device)
+    encoders = args.encoders.split(",")
+    result: dict[str, Any] = {"device": "cpu", "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+                              "threads": args.threads, "torch": torch.__version__, "arms": args.arms}
     with tempfile.TemporaryDirectory(prefix="bench-inference-") as work:
-        results = [measure(name, args, words, Path(work)) for name in args.encoders.split(",")]
-        served = [] if args.no_served else [served_vs_plain(name, args, words, Path(work), device, dtype)
-                                            for name in args.encoders.split(",")]
-    ratios = [row["forward"]["ratio"] for r in results for row in r["rows"]]
-    result = {"device": "cpu", "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-              "threads": args.threads, "torch": torch.__version__, "examples": len(words),
-              "words": sum(len(w) for w in words), "batch_size": args.batch_size, "max_length": args.max_length,
-              "repeats": args.repeats, "encoders": results,
-              "max_ratio": max(ratios), "targets": {"ratio (forward, every K)": "<= 1.3"},
-              "target_met": max(ratios) <= 1.3, "load_average": [round(x, 2) for x in os.getloadavg()]}
-    if served:
-        result["served_vs_plain"] = {
-            "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
-            else cpu_name(), "precision": precision_name(dtype), "max_tokens": args.max_tokens, "encoders": served,
-            "min_ratio": min(r["ratio"] for r in served), "target": "served / plain tokens/s >= 0.9",
-            "target_met": min(r["ratio"] for r in served) >= 0.9}
+        if "k_tasks" in args.arms:
+            result.update(k_task_result(args, words, [measure(name, args, words, Path(work)) for name in encoders]))
+        if "served" in args.arms:
+            served = [served_vs_plain(name, args, words, Path(work), device, dtype) for name in encoders]
+            result["served_vs_plain"] = {
+                "device": str(device), "device_name": device_name(device), "precision": precision_name(dtype),
+                "max_tokens": args.max_tokens, "encoders": served, "min_ratio": min(r["ratio"] for r in served),
+                "target": "served / plain tokens/s >= 0.9", "target_met": min(r["ratio"] for r in served) >= 0.9}
+        if "evaluate" in args.arms:
+            result["evaluate"] = evaluate_result(args, Path(work))
+    result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -412,11 +569,45 @@ def main() -> None:
     print(table(result))
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
+def k_task_result(args: argparse.Namespace, words: list[list[str]], results: list[dict[str, Any]]) -> dict[str, Any]:
+    ratios = [row["forward"]["ratio"] for r in results for row in r["rows"]]
+    return {"examples": len(words), "words": sum(len(w) for w in words), "batch_size": args.batch_size,
+            "max_length": args.max_length, "repeats": args.repeats, "encoders": results,
+            "max_ratio": max(ratios), "targets": {"ratio (forward, every K)": "<= 1.3"},
+            "target_met": max(ratios) <= 1.3}
+
+
+def evaluate_result(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """The evaluate arm for each of --evaluate-exports, on the device the flow would pick
+    (--device, else the demo's training.eval_device, else MTL_DEVICE, else CUDA when present) and
+    in the precision it would (the flow has no precision flag: --precision goes in as MTL_PRECISION)."""
+    demo = demo_splits(work)
+    target = inference_device(args.device or demo[0].training.eval_device, what="--device")
+    saved = os.environ.get(PRECISION_ENV)
+    if args.precision is not None:
+        os.environ[PRECISION_ENV] = args.precision
+    try:
+        dtype = inference_dtype(target, None, what=PRECISION_ENV)
+        exports = [evaluate_wall_time(name, args, work, demo) for name in args.evaluate_exports]
+    finally:
+        if saved is None:
+            os.environ.pop(PRECISION_ENV, None)
+        else:
+            os.environ[PRECISION_ENV] = saved
+    return {"config": str(DEMO_CONFIG.relative_to(DEMO_CONFIG.parents[1])), "device": str(target),
+            "device_name": device_name(target), "precision": precision_name(dtype),
+            "max_tokens": default_max_tokens(target), "threads": args.threads, "exports": exports}
+
+
 def table(result: dict[str, Any]) -> str:
     lines = ["CPU seconds of this process (median of the rounds); wall ratio by wall clock",
              f"{'encoder':8} {'K':>2} {'path':8} {'multi s':>9} {'1 model s':>10} {'K models s':>11} "
-             f"{'ratio':>6} {'K models / multi':>17} {'wall ratio':>11}"]
-    for enc in result["encoders"]:
+             f"{'ratio':>6} {'K models / multi':>17} {'wall ratio':>11}"] if "encoders" in result else []
+    for enc in result.get("encoders", []):
         for row in enc["rows"]:
             for path in ("forward", "predict"):
                 r = row[path]
@@ -432,7 +623,18 @@ def table(result: dict[str, Any]) -> str:
             t = r["tokens_per_s"]
             lines.append(f"{r['encoder']:8} {t['served']:>10.0f} {t['plain']:>10.0f} {t['forward_only']:>10.0f} "
                          f"{r['ratio']:>6.3f} {r['ratio_to_forward_only']:>7.3f} {str(r['same_predictions']):>5}")
-    return "\n".join(lines)
+    if "evaluate" in result:
+        ev = result["evaluate"]
+        lines += ["", f"the flow's evaluate task (evaluate_export, {ev['config']} dev splits; {ev['device']}, "
+                      f"{ev['precision']}, max_tokens {ev['max_tokens']}): median of the calls after the first",
+                  f"{'export':7} {'params':>8} {'rows':>6} {'wall s':>8} {'CPU s':>8} {'wall s/1k':>10} "
+                  f"{'first wall s':>13} {'load wall s':>12}"]
+        for e in ev["exports"]:
+            lines.append(f"{e['export']:7} {e['parameters'] / 1e6:>7.1f}M {e['total_rows']:>6} "
+                         f"{e['median_s']['wall']:>8.2f} {e['median_s']['cpu']:>8.2f} "
+                         f"{e['wall_s_per_1000_rows']:>10.2f} {e['first_call_s']['wall']:>13.2f} "
+                         f"{e['load_export_s']['wall']:>12.2f}")
+    return "\n".join(lines).lstrip("\n")
 
 
 if __name__ == "__main__":

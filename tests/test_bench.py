@@ -83,3 +83,73 @@ def test_inference_bench_compares_one_multi_head_pass_with_one_model_per_task(tm
     assert result["max_ratio"] == max(row["forward"]["ratio"] for row in tiny["rows"])
     assert result["target_met"] == (result["max_ratio"] <= 1.3)
     assert "=== table ===" in done.stdout
+
+
+def test_inference_bench_times_the_flows_evaluate_task_on_the_demo_dev_splits(tmp_path, data_dir):
+    """The evaluate arm alone (`--arms evaluate`) at a tiny export of the demo's tasks: the flow's
+    `evaluate_export` over the first rows of each demo dev split, on the policy's device (forced to
+    the CPU here), each call timed with the export's load, per 1,000 rows. Timings are not judged."""
+    out = tmp_path / "evaluate.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "inference.py"), "--out", str(out), "--arms", "evaluate",
+         "--evaluate-exports", "tiny", "--eval-examples", "8", "--eval-repeats", "1", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "MTL_DATA_DIR": str(data_dir)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["arms"] == ["evaluate"] and "encoders" not in result and "served_vs_plain" not in result
+    ev = result["evaluate"]
+    assert (ev["config"], ev["device"], ev["precision"], ev["max_tokens"]) == ("configs/demo.yaml", "cpu", "fp32", 2048)
+    [tiny] = ev["exports"]
+    assert tiny["export"] == "tiny" and tiny["tasks"] == ["pos", "ner", "sst2"]
+    assert tiny["rows"] == {"pos": 8, "ner": 8, "sst2": 8} and tiny["total_rows"] == 24
+    assert (tiny["max_length"], tiny["eval_batch_size"], tiny["repeats"]) == (64, 64, 1)
+    # the flow's metrics, one set per task (untrained heads: the values mean nothing)
+    assert set(tiny["metrics"]["ner"]) >= {"entity_f1"} and set(tiny["metrics"]["sst2"]) >= {"accuracy"}
+    for figure in ("first_call_s", "median_s", "load_export_s"):
+        assert tiny[figure]["wall"] > 0 and tiny[figure]["cpu"] > 0, figure
+    assert tiny["wall_s_per_1000_rows"] == pytest.approx(1000 * tiny["median_s"]["wall"] / 24, rel=1e-2)
+    assert "the flow's evaluate task" in done.stdout.split("=== table ===")[1]
+
+
+def test_heads_scaling_bench_measures_each_number_of_heads(tmp_path, data_dir):
+    """The bench runs end to end here at K = 1, 2 on a tiny encoder: both kinds of training steps for
+    each K over the same batches, then per K a real training run in its own process (peak memory,
+    checkpoint and export bytes, evaluation's share), its MLflow run logged and counted, and the export
+    loaded as a Predictor and as the registered pyfunc. Timings are not judged."""
+    out = tmp_path / "heads.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "heads_scaling.py"), "--out", str(out), "--device", "cpu",
+         "--heads", "1,2", "--eval-heads", "", "--tasks", "pos,sst2", "--steps", "6", "--block", "2",
+         "--all-task-batches", "8", "--all-task-block", "2", "--train-examples", "64", "--dev-examples", "16",
+         "--eval-every", "4", "--eval-max-examples", "8", "--load-repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "MTL_DATA_DIR": str(data_dir)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    one, two = result["throughput"]["rows"]
+    assert (one["heads"], two["heads"], one["sampled_ratio"], one["all_tasks_ratio"]) == (1, 2, 1.0, 1.0)
+    assert two["head_parameters"] == 2 * one["head_parameters"]  # copies of SST-2's head
+    assert two["parameters"] - one["parameters"] == one["head_parameters"]  # one encoder
+    for row in (one, two):
+        assert row["sampled_tokens_per_s"] > 0 and row["all_tasks_tokens_per_s"] > 0
+        assert row["sampled_timed_steps"] == 4  # 6 steps in blocks of 2, the first block warms up
+    # the same 6 timed task micro-batches: 6 steps of one head, 3 steps of both
+    assert (one["all_tasks_timed_steps"], two["all_tasks_timed_steps"]) == (6, 3)
+    small, large = result["runs"]["rows"]
+    assert (small["tasks"], large["tasks"]) == (["pos"], ["pos", "sst2"])
+    for run in (small, large):
+        assert run["evaluations"] == 1 and run["steps"] == 4 and 0 < run["eval_share"] < 1
+        assert run["peak_rss_bytes"] > run["rss_after_imports_bytes"] > 0
+        assert run["checkpoints"] == ["step_00000004"] and run["export_sharing"] == "hard"
+        assert run["predictor_load_s"] > 0 and run["pyfunc_load_s"] > 0
+        counts = run["mlflow"]
+        assert counts["metric_keys"] == sum(counts["metric_keys_by_group"].values())
+        assert counts["metric_keys_by_group"]["train.lr"] == 1 and counts["metric_points"] >= counts["metric_keys"]
+    assert (small["eval_examples"], large["eval_examples"]) == (8, 16)
+    assert large["checkpoint_bytes"] > small["checkpoint_bytes"]
+    assert large["export_weights_bytes"] > small["export_weights_bytes"]
+    assert large["mlflow"]["params"] > small["mlflow"]["params"]
+    assert large["mlflow"]["metric_keys"] > small["mlflow"]["metric_keys"]
+    assert isinstance(result["runs"]["memory_growth_per_head_bytes"], int)
+    # no K = 32 or 9 here: no verdict on the targets
+    assert result["sampled_target_met"] is None and result["eval_share_at_9"] is None
+    assert "=== table ===" in done.stdout
