@@ -178,3 +178,39 @@ def test_a_file_uri_is_a_local_store():
 
     assert not is_remote("file:///tmp/run/checkpoints") and not is_remote("/tmp/run/checkpoints")
     assert is_remote("s3://bucket/run/checkpoints")
+
+
+# -- a remote store without a server: fsspec's in-memory filesystem ---------------------------
+# The same remote code paths as s3:// (upload, marker, fetch, re-download, staging pruning), for
+# the fast tests the mutation run uses (it leaves out tests that start a server such as moto).
+
+def memory_store(tmp_path: Path) -> CheckpointStore:
+    store = CheckpointStore(f"memory://ckpt-{tmp_path.name}", str(tmp_path / "staging"))
+    assert store.remote
+    publish_previous(store)
+    write_rank(Path(store.local) / TAG, 0)
+    store.publish(TAG, 2, 0, 0, lambda: None, keep=2)
+    return store
+
+
+def test_a_remote_store_keeps_only_the_newest_tag_in_its_staging_folder(tmp_path):
+    store = memory_store(tmp_path)
+    assert store.complete_tags() == [PREVIOUS, TAG]
+    assert sorted(p.name for p in Path(store.local).iterdir()) == [TAG]
+
+
+def test_a_damaged_staging_copy_is_downloaded_again_from_the_remote_store(tmp_path):
+    store = memory_store(tmp_path)
+    damaged = next(p for p in (Path(store.local) / TAG).iterdir() if p.name in rank_files(0))
+    good = damaged.read_bytes()
+    damaged.write_bytes(bytes(len(good)))  # the same size: only the checksum tells
+    assert store.latest_sound(log=lambda line: None) == TAG
+    assert damaged.read_bytes() == good
+
+
+def test_fetch_keeps_each_files_path_below_its_tag_even_one_holding_the_tag_again(tmp_path):
+    store = memory_store(tmp_path)
+    nested = f"{store.uri}/{TAG}/sub/{TAG}/extra.bin"
+    store._fs().pipe_file(nested, b"nested")
+    store.fetch(TAG)
+    assert (Path(store.local) / TAG / "sub" / TAG / "extra.bin").read_bytes() == b"nested"

@@ -167,3 +167,19 @@ def test_a_client_for_a_store_registers_in_that_store_whatever_the_process_says(
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{tmp_path / 'other.db'}")
     client = client_for(uri)
     assert client._registry_uri == uri and client.tracking_uri == uri
+
+
+def test_a_duplicated_version_of_one_run_is_deleted_and_the_kept_one_carries_the_run_key(tmp_path):
+    """A lost "create version" answer retried by the client leaves two versions of one run: the
+    first stays, tagged with the run key (later lookups find a version by it), the second goes."""
+    from training.release.registry import RUN_KEY, keep_first_version
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("dup", artifact_location=(tmp_path / "a").as_uri()))
+    client.create_registered_model("dup-model")
+    made = [client.create_model_version("dup-model", f"runs:/{run.info.run_id}/model", run.info.run_id)
+            for _ in range(2)]
+    kept = keep_first_version(client, "dup-model", run.info.run_id, "run-key-7")
+    assert kept is not None and kept.version == made[0].version
+    assert kept.tags.get(RUN_KEY) == "run-key-7"
+    assert [v.version for v in client.search_model_versions("name='dup-model'")] == [made[0].version]
