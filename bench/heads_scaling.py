@@ -158,7 +158,7 @@ def prepare(work: Path, tasks: list[Any], tokenizer_path: str, max_length: int, 
         tokenized = tokenize_cached(cfg, ingested, tokenizer_path, max_length, TokenizeConfig(), cache,
                                     work / "data", tokenizer)
         name = cfg.name
-        out.specs[name], out.configs[name] = spec_for(cfg, ingested["labels"]), cfg
+        out.specs[name], out.configs[name] = spec_for(cfg, ingested["labels"], ingested["splits"]["train"]), cfg
         out.features[name], out.dev[name] = tokenized["features"], ingested["splits"]["dev"]
         out.stats[name], out.dev_counts[name] = tokenized["stats"], ingested["counts"]["dev"]
     return out
