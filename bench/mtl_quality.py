@@ -116,7 +116,8 @@ def markdown(primary: dict[str, str], rows: dict[str, dict[str, Any]]) -> str:
     for name, row in rows.items():
         vals = [row["scores"].get(t) for t in tasks]
         mean = sum(v for v in vals if v is not None) / max(1, sum(v is not None for v in vals))
-        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + f" | {mean:.2f} |")
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals)
+                     + (" | - |" if row.get("no_mean") else f" | {mean:.2f} |"))
     return "\n".join(lines)
 
 
@@ -157,20 +158,67 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
                       "wall_s": round(time.time() - begun, 1)}
         settings[name] = settings_line(tcfg, tasks)
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
+        if args.affinity and len(exported(tasks)) > 1:
+            rows[name]["affinity"] = config_affinity(cfg, export, prepared.features, out)
         write_config_results(out, args, primary, rows, settings, time.time() - started)
 
     parts = set(args.runs.split(","))
+    seeds = [training.seed] + [s for s in parse_seeds(args.seeds) if s != training.seed]
+    seeded = set(args.seed_tasks.split(",")) if args.seed_tasks else set(names)
     if "single" in parts:
-        for task in main_specs:
-            one(f"single-task {task.name}", [task], single)
-        rows["single-task (each its own model)"] = {"scores": {t: rows[f"single-task {t}"]["scores"][t] for t in names},
-                                                    "steps": sum(rows[f"single-task {t}"]["steps"] for t in names)}
+        for seed in seeds:
+            for task in main_specs:
+                if seed == training.seed or task.name in seeded:
+                    one(seeded_name(f"single-task {task.name}", seed, training.seed), [task],
+                        single.model_copy(update={"seed": seed}))
+        rows["single-task (each its own model)"] = single_baseline(rows, names, seeds, training.seed)
+        if len(seeds) > 1:
+            rows[SPREAD] = {"scores": rows["single-task (each its own model)"]["spread"], "no_mean": True}
         write_config_results(out, args, primary, rows, settings, time.time() - started)
     if "config" in parts:
-        one(f"{cfg.name} ({', '.join(t.name for t in specs)})", specs, training)
+        for seed in seeds if args.seed_config else seeds[:1]:
+            one(seeded_name(f"{cfg.name} ({', '.join(t.name for t in specs)})", seed, training.seed), specs,
+                training.model_copy(update={"seed": seed}))
     if "without-auxiliary" in parts and len(main_specs) < len(specs):
         one(f"{cfg.name} without auxiliary ({', '.join(names)})", main_specs, training)
     print(out.with_suffix(".md").read_text())
+
+
+def config_affinity(cfg: Any, export: str, features: dict[str, str], out: Path) -> dict[str, Any]:
+    """The exported model's task-affinity matrix with the config's `affinity` settings (lookahead
+    unless set otherwise), as in the flow; the heatmap goes next to --out (`-affinity.png`)."""
+    from training.release.plots import affinity_heatmap
+
+    settings = cfg.affinity if cfg.affinity.method != "off" else cfg.affinity.model_copy(update={"method": "lookahead"})
+    report = affinity_from_export(export, features, settings.method, settings.rounds, settings.batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_name(out.stem + "-affinity.png").write_bytes(affinity_heatmap(report["matrix"], report["method"]))
+    return report
+
+
+SPREAD = "single-task spread over seeds (max - min)"
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()] if text else []
+
+
+def seeded_name(base: str, seed: int, default: int) -> str:
+    """A run's name: the config's own seed keeps the plain name (so runs trained before seeds were
+    asked for are found in --work and only evaluated), another seed is named."""
+    return base if seed == default else f"{base} (seed {seed})"
+
+
+def single_baseline(rows: dict[str, dict[str, Any]], names: list[str], seeds: list[int],
+                    default: int) -> dict[str, Any]:
+    """One model per task: per task the mean primary score over the seeds it was trained with, the
+    scores per seed and their spread (max - min); steps are one model per task's (one seed)."""
+    per_task = {t: [rows[key]["scores"][t] for key in (seeded_name(f"single-task {t}", seed, default) for seed in seeds)
+                    if key in rows] for t in names}
+    return {"scores": {t: round(sum(v) / len(v), 2) for t, v in per_task.items()},
+            "seeds": {t: v for t, v in per_task.items()},
+            "spread": {t: round(max(v) - min(v), 2) for t, v in per_task.items() if len(v) > 1},
+            "steps": sum(rows[f"single-task {t}"]["steps"] for t in names)}
 
 
 def keep_tasks(cfg: Any, tasks: str | None) -> Any:
@@ -224,7 +272,7 @@ def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str,
     baseline = rows.get("single-task (each its own model)", {})
     single = baseline.get("scores")
     verdict = {name: against_single(row, baseline, names) for name, row in rows.items()
-               if single and not name.startswith("single")}
+               if single and not name.startswith("single") and set(names) <= set(row["scores"])}
     result = {"config": args.config, "overrides": dict(args.set), "primary_metrics": primary, "settings": settings,
               "rows": rows, "target": verdict, "wall_s": round(wall_s, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +281,9 @@ def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str,
     if args.set:
         md += f"- overrides on {args.config}: {json.dumps(dict(args.set))}\n"
     md += "\ntarget check: " + json.dumps(verdict) + "\n"
+    for name, row in rows.items():
+        if report := row.get("affinity"):
+            md += f"\naffinity of {name} ({report['method']}, lr {report['lr']}):\n\n{affinity_markdown(report)}\n"
     out.with_suffix(".md").write_text(md)
 
 
@@ -241,7 +292,9 @@ def against_single(row: dict[str, Any], baseline: dict[str, Any], names: list[st
     task within 0.3 points, the mean at least 1 point above, at most 1.5x the compute)."""
     s, single = row["scores"], baseline["scores"]
     gains = {t: round(s[t] - single[t], 2) for t in names}
+    spread = baseline.get("spread", {})
     return {"at_least_single_on_every_task": all(g >= 0 for g in gains.values()),
+            "gains_inside_single_seed_spread": sorted(t for t, g in gains.items() if t in spread and abs(g) <= spread[t]),
             "within_0.3_of_single_on_every_task": all(g >= -0.3 for g in gains.values()),
             "gain_over_single": gains, "mean_gain_over_single": round(sum(gains.values()) / max(1, len(gains)), 2),
             "steps_over_single_steps": round(row["steps"] / baseline["steps"], 2)}
@@ -278,6 +331,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", default=None,
                         help="with --config, comma-separated task names to keep (auxiliary ones included if "
                              "named); default: every task of the config")
+    parser.add_argument("--seeds", default=None,
+                        help="with --config, comma-separated seeds: every single-task run (of --seed-tasks) is "
+                             "repeated per seed; the baseline is their mean and the table adds their spread")
+    parser.add_argument("--seed-tasks", default=None,
+                        help="with --seeds, the tasks whose single-task runs are repeated (default: every main task)")
+    parser.add_argument("--seed-config", action="store_true",
+                        help="with --seeds, repeat the config's run per seed as well")
+    parser.add_argument("--affinity", action="store_true",
+                        help="with --config, the task-affinity matrix of each multi-task export (JSON, the "
+                             "markdown and a heatmap PNG next to --out)")
     parser.add_argument("--runs", default=",".join(CONFIG_RUNS),
                         help="with --config, which runs (a run whose model is already in --work is evaluated, "
                              "not trained again)")

@@ -309,3 +309,46 @@ def test_the_quality_table_has_a_column_per_task_headed_by_its_primary_metric(ma
     assert [t.name for t in kept.tasks] == ["mrpc", "stsb", "snli"]
     with pytest.raises(SystemExit, match="--tasks: \\['nope'\\] not in the config's tasks"):
         bench.keep_tasks(many, "mrpc,nope")
+
+
+def test_seeded_single_task_runs_give_the_baseline_their_mean_and_the_table_their_spread() -> None:
+    bench = quality_bench()
+    assert bench.parse_seeds("42, 43,44") == [42, 43, 44] and bench.parse_seeds(None) == []
+    assert bench.seeded_name("single-task rte", 42, 42) == "single-task rte"  # found in --work from unseeded runs
+    assert bench.seeded_name("single-task rte", 43, 42) == "single-task rte (seed 43)"
+    rows = {"single-task pos": {"scores": {"pos": 96.0}, "steps": 1000},
+            "single-task rte": {"scores": {"rte": 64.0}, "steps": 1000},
+            "single-task rte (seed 43)": {"scores": {"rte": 61.0}, "steps": 1000},
+            "single-task rte (seed 44)": {"scores": {"rte": 62.5}, "steps": 1000}}
+    base = bench.single_baseline(rows, ["pos", "rte"], [42, 43, 44], 42)
+    assert base["scores"] == {"pos": 96.0, "rte": 62.5} and base["seeds"]["rte"] == [64.0, 61.0, 62.5]
+    assert base["spread"] == {"rte": 3.0} and base["steps"] == 2000  # one model per task, not per seed
+    multi = {"scores": {"pos": 96.2, "rte": 65.0}, "steps": 2400}
+    verdict = bench.against_single(multi, base, ["pos", "rte"])
+    assert verdict["gain_over_single"] == {"pos": 0.2, "rte": 2.5}
+    assert verdict["gains_inside_single_seed_spread"] == ["rte"]  # 2.5 points on RTE are inside its 3.0 spread
+    table = bench.markdown({"pos": "accuracy", "rte": "accuracy"},
+                           {"single-task (each its own model)": base, bench.SPREAD: {"scores": base["spread"], "no_mean": True}})
+    assert table.splitlines()[-1] == f"| {bench.SPREAD} | - | 3.00 | - |"
+
+
+def test_the_quality_benchmark_reports_the_affinity_of_a_multi_task_export(prepared: Any, tiny_encoder: Path,
+                                                                            many: Any, tmp_path: Path) -> None:
+    """`--affinity`: the export's task-affinity matrix with the config's settings, a row and a
+    column per exported task, and the heatmap PNG next to --out."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from training.model.export import write_export
+    from training.model.multitask import build_model
+
+    bench = quality_bench()
+    torch.manual_seed(0)
+    model = build_model(str(tiny_encoder), prepared.specs, "hard", 0.0)
+    export = write_export(tmp_path / "export", model.state_dict(), model, AutoTokenizer.from_pretrained(tiny_encoder),
+                          {"sharing": "hard", "sharing_params": {}, "dropout": 0.0})
+    cfg = many.model_copy(update={"affinity": many.affinity.model_copy(update={"rounds": 1, "batch_size": 4})})
+    report = bench.config_affinity(cfg, str(export), prepared.features, tmp_path / "many.json")
+    assert report["method"] == "lookahead" and report["tasks"] == ["stsb", "sst2", "trec"]
+    assert all(set(row) == {"stsb", "sst2", "trec"} for row in report["matrix"].values())
+    assert (tmp_path / "many-affinity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
