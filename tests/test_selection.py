@@ -129,6 +129,28 @@ def test_assembled_export_takes_each_tasks_encoder_and_head_from_its_step(tiny_e
     assert none == [] and all(torch.equal(same[k], states[2][k]) for k in states[2])
 
 
+def test_two_tasks_that_chose_the_same_earlier_step_get_encoder_copies_that_save(tmp_path):
+    """rte and mrpc both chose step 4000, most tasks the last step: each of the two gets its own
+    copy of step 4000's encoder, in memory of its own, so the export's safetensors file is written
+    (tensors that share memory are refused; a 9-task run once failed at its export so)."""
+    from safetensors.torch import load_file, save_file
+
+    def step_state(value: float) -> dict[str, torch.Tensor]:
+        return {"sharing.encoder.layer.weight": torch.full((3, 2), value),
+                **{f"heads.{t}.weight": torch.full((2,), value) for t in ("pos", "ner", "rte", "mrpc")}}
+
+    states = {4000: step_state(4.0), 6000: step_state(6.0)}
+    state, own = assemble(states, {"pos": 6000, "ner": 6000, "rte": 4000, "mrpc": 4000})
+    assert own == ["mrpc", "rte"]
+    pointers = [v.untyped_storage().data_ptr() for v in state.values()]
+    assert len(set(pointers)) == len(pointers)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    loaded = load_file(str(tmp_path / "model.safetensors"))
+    assert loaded["sharing.task_encoders.rte.layer.weight"].eq(4.0).all()
+    assert loaded["sharing.task_encoders.mrpc.layer.weight"].eq(4.0).all()
+    assert loaded["sharing.encoder.layer.weight"].eq(6.0).all() and loaded["heads.pos.weight"].eq(6.0).all()
+
+
 def test_export_state_drops_an_auxiliary_tasks_head_and_refuses_a_shape_that_does_not_fit(tiny_encoder):
     trained = hard_model(tiny_encoder, 1)
     kept = hard_model(tiny_encoder, 1, TASKS[:2])

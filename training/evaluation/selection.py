@@ -108,6 +108,11 @@ def assemble(states: dict[int, State], steps: dict[str, int]) -> tuple[State, li
     shared = shared_step(steps)
     own = sorted(task for task, step in steps.items() if step != shared)
     state = dict(states[shared])
+    taken: set[int] = set()
     for task in own:
-        state.update(own_encoder_entries(task, states[steps[task]]))
+        entries = own_encoder_entries(task, states[steps[task]])
+        if steps[task] in taken:  # a second task at this step: its encoder copy needs memory of its own, as
+            entries = {k: v.clone() for k, v in entries.items()}  # safetensors refuses tensors that share it
+        taken.add(steps[task])
+        state.update(entries)
     return state, own
