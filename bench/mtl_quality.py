@@ -345,8 +345,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --config, which runs (a run whose model is already in --work is evaluated, "
                              "not trained again)")
     args = parser.parse_args(argv)
-    if (args.set or args.tasks) and not args.config:
-        parser.error("--set and --tasks change a pipeline config: give it with --config")
+    if (args.set or args.tasks or args.seeds or args.seed_tasks or args.seed_config or args.affinity) \
+            and not args.config:
+        parser.error("--set, --tasks, --seeds, --seed-tasks, --seed-config and --affinity are for a pipeline "
+                     "config's comparison: give it with --config")
     if unknown := set(args.runs.split(",")) - set(CONFIG_RUNS):  # before any data is read
         parser.error(f"--runs: unknown run(s) {sorted(unknown)}; choose from {','.join(CONFIG_RUNS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

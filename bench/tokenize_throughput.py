@@ -51,12 +51,11 @@ TASKS = [
 
 
 def data_dir() -> str:
-    found = os.environ.get("MTL_DATA_DIR") or str(Path(_HERE).parents[1] / "shared" / "data")
-    if not Path(found).is_dir():
-        found = default_data_dir() or found
-    if not Path(found).is_dir():
-        sys.exit(f"corpora not found at {found}: set MTL_DATA_DIR")
-    return found
+    """MTL_DATA_DIR, else ../shared/data beside the checkout (as the pipeline finds them)."""
+    found = default_data_dir(None)
+    if found is None or not Path(found).is_dir():
+        sys.exit(f"corpora not found at {found or 'MTL_DATA_DIR / ../shared/data'}: set MTL_DATA_DIR")
+    return str(found)
 
 
 def raw_call(tokenizer: Any, cfg: TaskDataConfig, examples: list[Example], max_length: int, batch_size: int) -> int:

@@ -48,6 +48,8 @@ from typing import Any, Literal  # noqa: E402
 
 import torch  # noqa: E402
 
+from bench._common import write_result  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE_PEAK = 989e12
 # BERT shapes of the random-initialised encoders (the vocabulary is the tokenizer's)
@@ -434,12 +436,7 @@ def main() -> None:
     t3 = time.perf_counter()
     result = summary(args, main_result, tiny, memory, run, naive, names, threads)
     result["seconds"] = {"throughput": round(t1 - t0, 1), "tiny": round(t2 - t1, 1), "memory": round(t3 - t2, 1)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print("=== table ===")
-    print(table(result))
+    write_result(args.out, result, table)
 
 
 def _resolve(name_or_path: str) -> str:
