@@ -263,6 +263,7 @@ def settings_line(t: TrainingConfig, tasks: list[TaskSpec]) -> str:
             f"{t.learning_rate}, sharing {t.sharing}, weighting {t.weighting}, sampler {t.sampler}"
             + (f" (tau {t.sampler_temperature})" if t.sampler == "temperature" else "")
             + f", eval_every {t.eval_every} on {t.eval_max_examples or 'all'} dev examples, selection {t.selection}"
+            + f", seed {t.seed}"
             + (f", auxiliary {aux}" if aux else ""))
 
 
