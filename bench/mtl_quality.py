@@ -46,6 +46,7 @@ from training.evaluation.affinity import affinity_from_export, affinity_markdown
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
 from training.evaluation.evaluate import evaluate_model  # noqa: E402
 from training.launch.train import train_model  # noqa: E402
+from training.model.export import CARD  # noqa: E402
 from training.model.sharing import SHARING  # noqa: E402
 from training.release.gate import primary_metrics  # noqa: E402
 from training.task_spec import TaskSpec, exported, prepare_tasks  # noqa: E402
@@ -145,6 +146,9 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
 
     def one(name: str, tasks: list[TaskSpec], tcfg: TrainingConfig) -> None:
         begun = time.time()
+        if args.evaluate_only and not (work / name / "model" / CARD).exists():
+            print(f"{name}: left out (--evaluate-only, no exported model in {work / name})", flush=True)
+            return
         export = train_model(cfg.encoder, tcfg, cfg.deepspeed, tasks, {t.name: prepared.features[t.name] for t in tasks},
                              work / name, lambda line: print(line, flush=True) if args.verbose else None,
                              dev=prepared.dev)
@@ -342,14 +346,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--affinity", action="store_true",
                         help="with --config, the task-affinity matrix of each multi-task export (JSON, the "
                              "markdown and a heatmap PNG next to --out)")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="with --config, only evaluate the runs already exported in --work (runs of "
+                             "separate invocations gathered in one folder); the others are left out, not trained")
     parser.add_argument("--runs", default=",".join(CONFIG_RUNS),
                         help="with --config, which runs (a run whose model is already in --work is evaluated, "
                              "not trained again)")
     args = parser.parse_args(argv)
-    if (args.set or args.tasks or args.seeds or args.seed_tasks or args.seed_config or args.affinity) \
-            and not args.config:
-        parser.error("--set, --tasks, --seeds, --seed-tasks, --seed-config and --affinity are for a pipeline "
-                     "config's comparison: give it with --config")
+    if (args.set or args.tasks or args.seeds or args.seed_tasks or args.seed_config or args.affinity
+            or args.evaluate_only) and not args.config:
+        parser.error("--set, --tasks, --seeds, --seed-tasks, --seed-config, --affinity and --evaluate-only are for "
+                     "a pipeline config's comparison: give it with --config")
     if unknown := set(args.runs.split(",")) - set(CONFIG_RUNS):  # before any data is read
         parser.error(f"--runs: unknown run(s) {sorted(unknown)}; choose from {','.join(CONFIG_RUNS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -311,8 +311,12 @@ def test_the_quality_table_has_a_column_per_task_headed_by_its_primary_metric(ma
         bench.keep_tasks(many, "mrpc,nope")
 
 
-def test_seeded_single_task_runs_give_the_baseline_their_mean_and_the_table_their_spread() -> None:
+def test_seeded_single_task_runs_give_the_baseline_their_mean_and_the_table_their_spread(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = quality_bench()
+    with pytest.raises(SystemExit) as refused:  # gathering runs only makes sense for a config's comparison
+        bench.main(["--out", str(tmp_path / "q.json"), "--evaluate-only", "--seeds", "42,43"])
+    assert refused.value.code == 2 and "--evaluate-only are for a pipeline config" in capsys.readouterr().err
     assert bench.parse_seeds("42, 43,44") == [42, 43, 44] and bench.parse_seeds(None) == []
     assert bench.seeded_name("single-task rte", 42, 42) == "single-task rte"  # found in --work from unseeded runs
     assert bench.seeded_name("single-task rte", 43, 42) == "single-task rte (seed 43)"
