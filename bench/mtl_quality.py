@@ -45,6 +45,7 @@ from flows.cli import set_item  # noqa: E402
 from training.evaluation.affinity import affinity_from_export, affinity_markdown  # noqa: E402
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
 from training.evaluation.evaluate import evaluate_model  # noqa: E402
+from training.launch.layout import RunLayout  # noqa: E402
 from training.launch.train import train_model  # noqa: E402
 from training.model.export import CARD  # noqa: E402
 from training.model.sharing import SHARING  # noqa: E402
@@ -146,7 +147,7 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
 
     def one(name: str, tasks: list[TaskSpec], tcfg: TrainingConfig) -> None:
         begun = time.time()
-        if args.evaluate_only and not (work / name / "model" / CARD).exists():
+        if args.evaluate_only and not (RunLayout(work / name).model_dir / CARD).exists():
             print(f"{name}: left out (--evaluate-only, no exported model in {work / name})", flush=True)
             return
         export = train_model(cfg.encoder, tcfg, cfg.deepspeed, tasks, {t.name: prepared.features[t.name] for t in tasks},
