@@ -271,6 +271,24 @@ def test_mtdnn_fine_tunes_the_tasks_named_at_their_own_learning_rate():
     assert negative.startswith("training.schedule_params.finetune_learning_rates.rte: Input should be greater than 0")
 
 
+def test_mtdnn_fine_tunes_the_tasks_named_for_their_own_number_of_steps():
+    from training.launch.schedule import MtdnnSchedule
+
+    training = TrainingConfig(steps=90, warmup_steps=30, checkpoint_every=40, schedule="mtdnn",
+                              schedule_params={"finetune_steps": 20, "finetune_task_steps": {"deps": 60}})
+    stages = {s.name: s.training for s in MtdnnSchedule.plan(training, ["pos", "deps", "snli"], ["snli"])}
+    assert {n: t.steps for n, t in stages.items()} == {"multitask": 90, "finetune-pos": 20, "finetune-deps": 60}
+    # warm-up and checkpoints follow each stage's own length
+    assert (stages["finetune-pos"].warmup_steps, stages["finetune-deps"].warmup_steps) == (2, 6)
+    assert (stages["finetune-pos"].checkpoint_every, stages["finetune-deps"].checkpoint_every) == (20, 40)
+    assert problems(["pos", "deps"], schedule="mtdnn", schedule_params={"finetune_task_steps": {"deps": 60}}) == []
+    (untuned,) = problems(["pos", "deps", "snli"], ["snli"], schedule="mtdnn",
+                          schedule_params={"finetune_task_steps": {"snli": 60}})
+    assert untuned.startswith("training.schedule_params.finetune_task_steps: ['snli'] not fine-tuned")
+    (zero,) = problems(["pos", "deps"], schedule="mtdnn", schedule_params={"finetune_task_steps": {"deps": 0}})
+    assert zero.startswith("training.schedule_params.finetune_task_steps.deps: Input should be greater than 0")
+
+
 def test_the_mtdnn_assembly_keeps_fine_tuning_only_where_it_scored_at_least_the_multitask_stage():
     from training.launch.schedule import assembled_selection, kept_finetuned
 

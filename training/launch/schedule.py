@@ -86,6 +86,9 @@ class MtdnnParams(BaseModel):
     finetune_learning_rates: dict[str, Annotated[float, Field(gt=0)]] = Field(
         default_factory=dict, description="a stage-2 peak learning rate per task, for the tasks named (default: "
                                           "training.learning_rate): a small task such as RTE often wants a lower one")
+    finetune_task_steps: dict[str, Annotated[int, Field(gt=0)]] = Field(
+        default_factory=dict, description="stage-2 steps for the tasks named (default: finetune_steps): a task the "
+                                          "multi-task stage left far from converged, such as a parser, wants more")
 
 
 def fine_tuned_tasks(named: list[str] | None, tasks: list[str], auxiliary: list[str]) -> list[str]:
@@ -106,11 +109,12 @@ class MtdnnSchedule:
         if helpers := named & set(auxiliary):
             problems.append(f"training.schedule_params.finetune_tasks: {sorted(helpers)} auxiliary, never exported, "
                             f"so never fine-tuned; remove them there")
-        rates = training.schedule_params.get("finetune_learning_rates") or {}
         tuned = set(fine_tuned_tasks(list(named), tasks, auxiliary))
-        if isinstance(rates, dict) and (untuned := set(rates) - tuned):
-            problems.append(f"training.schedule_params.finetune_learning_rates: {sorted(untuned)} not fine-tuned "
-                            f"(fine-tuned tasks: {sorted(tuned)}); remove them there")
+        for key in ("finetune_learning_rates", "finetune_task_steps"):
+            per_task = training.schedule_params.get(key) or {}
+            if isinstance(per_task, dict) and (untuned := set(per_task) - tuned):
+                problems.append(f"training.schedule_params.{key}: {sorted(untuned)} not fine-tuned "
+                                f"(fine-tuned tasks: {sorted(tuned)}); remove them there")
         if training.sharing != "hard":
             problems.append(f"training.sharing: the mtdnn schedule fine-tunes each task from the multi-task "
                             f"stage's shared encoder, which needs sharing: hard in that stage ({training.sharing!r} "
@@ -125,15 +129,15 @@ class MtdnnSchedule:
         stages = [Stage(name="multitask", role="multitask", tasks=list(tasks), training=first)]
         main = [t for t in tasks if t not in auxiliary]
         tuned_tasks = fine_tuned_tasks(params.finetune_tasks, tasks, auxiliary)
-        steps = params.finetune_steps or max(1, training.steps // len(main))
-        tuned = training.model_copy(update={
-            "schedule": "single", "schedule_params": {}, "weighting": "equal", "weighting_params": {},
-            "sampler": "proportional", "steps": steps,
-            "warmup_steps": max(1, min(training.warmup_steps, steps // 10)),  # DeepSpeed refuses 0
-            "checkpoint_every": min(training.checkpoint_every, steps)})
+        default_steps = params.finetune_steps or max(1, training.steps // len(main))
         for task in tuned_tasks:
-            own = tuned.model_copy(update={"learning_rate": params.finetune_learning_rates[task]}) \
-                if task in params.finetune_learning_rates else tuned
+            steps = params.finetune_task_steps.get(task, default_steps)
+            own = training.model_copy(update={
+                "schedule": "single", "schedule_params": {}, "weighting": "equal", "weighting_params": {},
+                "sampler": "proportional", "steps": steps,
+                "learning_rate": params.finetune_learning_rates.get(task, training.learning_rate),
+                "warmup_steps": max(1, min(training.warmup_steps, steps // 10)),  # DeepSpeed refuses 0
+                "checkpoint_every": min(training.checkpoint_every, steps)})
             stages.append(Stage(name=f"finetune-{task}", role="finetune", tasks=[task], training=own,
                                 init_from="multitask", init_task=task))
         return stages
