@@ -46,7 +46,7 @@ from training.evaluation.affinity import affinity_from_export, affinity_markdown
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig  # noqa: E402
 from training.evaluation.evaluate import evaluate_model  # noqa: E402
 from training.launch.layout import RunLayout  # noqa: E402
-from training.launch.train import train_model  # noqa: E402
+from training.launch.train import affinity_export, train_model  # noqa: E402
 from training.model.export import CARD  # noqa: E402
 from training.model.sharing import SHARING  # noqa: E402
 from training.release.gate import primary_metrics  # noqa: E402
@@ -164,7 +164,7 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         settings[name] = settings_line(tcfg, tasks)
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
         if args.affinity and len(exported(tasks)) > 1:
-            rows[name]["affinity"] = config_affinity(cfg, export, prepared.features, out)
+            rows[name]["affinity"] = config_affinity(cfg, work / name, tcfg, tasks, prepared.features, out)
         write_config_results(out, args, primary, rows, settings, time.time() - started)
 
     parts = set(args.runs.split(","))
@@ -189,13 +189,17 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     print(out.with_suffix(".md").read_text())
 
 
-def config_affinity(cfg: Any, export: str, features: dict[str, str], out: Path) -> dict[str, Any]:
-    """The exported model's task-affinity matrix with the config's `affinity` settings (lookahead
-    unless set otherwise), as in the flow; the heatmap goes next to --out (`-affinity.png`)."""
+def config_affinity(cfg: Any, run_dir: Path, training: TrainingConfig, tasks: list[TaskSpec],
+                    features: dict[str, str], out: Path) -> dict[str, Any]:
+    """The run's task-affinity matrix with the config's `affinity` settings (lookahead unless set
+    otherwise), measured where the flow measures it (`affinity_export`: the tasks on one shared
+    encoder); the heatmap goes next to --out (`-affinity.png`)."""
     from training.release.plots import affinity_heatmap
 
     settings = cfg.affinity if cfg.affinity.method != "off" else cfg.affinity.model_copy(update={"method": "lookahead"})
-    report = affinity_from_export(export, features, settings.method, settings.rounds, settings.batch_size)
+    export, source = affinity_export(run_dir, training, tasks)
+    report = {**affinity_from_export(export, features, settings.method, settings.rounds, settings.batch_size),
+              "source": source}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_name(out.stem + "-affinity.png").write_bytes(affinity_heatmap(report["matrix"], report["method"]))
     return report
@@ -289,7 +293,8 @@ def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str,
     md += "\ntarget check: " + json.dumps(verdict) + "\n"
     for name, row in rows.items():
         if report := row.get("affinity"):
-            md += f"\naffinity of {name} ({report['method']}, lr {report['lr']}):\n\n{affinity_markdown(report)}\n"
+            of = f"; {report['source']}" if "source" in report else ""
+            md += f"\naffinity of {name} ({report['method']}, lr {report['lr']}{of}):\n\n{affinity_markdown(report)}\n"
     out.with_suffix(".md").write_text(md)
 
 

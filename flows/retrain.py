@@ -122,8 +122,9 @@ def pipeline_steps(config: PipelineConfig, previous_labels: dict[str, list[str]]
                        warm["export"] if warm else None, warm["source"] if warm else None)
     device = config.training.eval_device
     metrics = evaluate(export_dir, specs, dev, config.training.eval_batch_size, run_dir, device)
+    affinity = task_affinity(run_dir, training, specs, features, config.affinity, device)
     registered = register(config.registry, config.promotion, config.storage.root, run_dir, export_dir,
-                          data_params(tokenized), metrics, task_affinity(export_dir, features, config.affinity, device))
+                          data_params(tokenized), metrics, affinity)
     tag_fingerprint(registered, fingerprint)
     champion = evaluate_champion(config, specs, dev, run_dir)
     decision = promote(registered, specs, config.promotion, champion, metrics)

@@ -27,7 +27,7 @@ from training.release.registry import (champion_labels, client_for, close_run, d
                                       tracking_uri)
 from training.evaluation.evaluate import evaluate_export
 from training.launch.layout import RunLayout
-from training.launch.train import train_model
+from training.launch.train import affinity_export, train_model
 from training.task_spec import TaskSpec
 
 
@@ -292,18 +292,20 @@ def confusion_file(run_dir: str) -> Path:
 
 
 @task(name="task-affinity", **TASK_DEFAULTS)
-def task_affinity(export_dir: str, features: dict[str, str], settings: AffinityConfig,
-                  device: str | None = None) -> dict[str, float]:
-    """How a step on each task moves every task's loss: a table artifact, and the cells for the
-    MLflow run. `device`: `training.eval_device`."""
+def task_affinity(run_dir: str, training: TrainingConfig, specs: list[TaskSpec], features: dict[str, str],
+                  settings: AffinityConfig, device: str | None = None) -> dict[str, float]:
+    """How a step on each task moves every task's loss, measured where the tasks share one encoder
+    (`affinity_export`): a table artifact, and the cells for the MLflow run. `device`:
+    `training.eval_device`."""
     if settings.method == "off":
         return {}
-    report = affinity_from_export(export_dir, features, settings.method, settings.rounds, settings.batch_size,
+    export, source = affinity_export(run_dir, training, specs)
+    report = affinity_from_export(export, features, settings.method, settings.rounds, settings.batch_size,
                                   device=device)
     create_table_artifact(table(affinity_table(report)), key="task-affinity",
-                          description=f"{settings.method} affinity: row = task stepped on, column = task whose "
-                                      "loss moves; positive = helps")
-    get_run_logger().info("task affinity (%s):\n%s", settings.method, affinity_markdown(report))
+                          description=f"{settings.method} affinity of {source}: row = task stepped on, column = "
+                                      "task whose loss moves; positive = helps")
+    get_run_logger().info("task affinity (%s) of %s:\n%s", settings.method, source, affinity_markdown(report))
     return affinity_metrics(report)
 
 

@@ -482,12 +482,13 @@ class Seen:
         return "evaluated"
 
     def affinity(self) -> str:
-        """The task-affinity task's body on an export that does not exist: `off` returns before it."""
+        """The task-affinity task's body on a run that does not exist: `off` returns before it."""
         from flows.tasks import task_affinity
 
         features = {t.name: str(self.world.features[i]) for i, t in enumerate(self.cfg.tasks)}
         try:
-            return "skipped" if task_affinity.fn(str(self.world.tmp / "no-export"), features, self.cfg.affinity) == {} \
+            return "skipped" if task_affinity.fn(str(self.world.tmp / "no-run"), self.cfg.training, self.cfg.tasks,
+                                                 features, self.cfg.affinity) == {} \
                 else "computed"
         except (OSError, ValueError):
             return "computed"  # it went for the export
@@ -672,6 +673,9 @@ CASES: dict[str, Case] = {
     "training.schedule_params(mtdnn).finetune_learning_rates": Case({"sst2": 3e-5}, (Check(
         "fine-tuning stage spec", lambda s: s.launches[2][0].training.learning_rate, 3e-5),),
         key="training.schedule_params.finetune_learning_rates", also=MTDNN),
+    "training.schedule_params(mtdnn).finetune_task_steps": Case({"sst2": 7}, (Check(
+        "fine-tuning stage spec", lambda s: [spec.training.steps for spec, _ in s.launches[1:]], [6, 7]),),
+        key="training.schedule_params.finetune_task_steps", also=MTDNN),
     "training.sharing": Case("soft", (Check("model sharing strategy", lambda s: type(s.model.sharing).__name__,
                                             "SoftSharing"),)),
     "training.sampler": Case("uniform", (Check("sampler", lambda s: type(s.sampler).__name__, "UniformSampler"),)),

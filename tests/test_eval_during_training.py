@@ -215,6 +215,34 @@ def test_patience_stops_training_early_and_exports_the_best_step(demo, tmp_path)
     assert all(torch.equal(weights[k], saved[k].float()) for k in weights)
 
 
+def test_a_split_export_comes_with_its_newest_step_on_one_encoder_where_the_task_affinity_is_measured(selected, demo):
+    """Per-task selection gave tasks encoder copies of their own, so in the export a step on one
+    task moves no other task's loss: the affinity there is zero off those tasks' diagonal. The
+    worker also writes the newest checkpoint with every task on the one shared encoder, and the
+    affinity is measured on that."""
+    from training.evaluation.affinity import affinity_from_export
+    from training.launch.layout import RunLayout
+    from training.launch.train import affinity_export
+    from training.model.export import read_card
+
+    run, export, _ = selected
+    own = read_card(export)["sharing_params"]["task_encoders"]
+    joint = RunLayout(run).joint_export("")
+    card = read_card(joint)
+    assert (card["sharing"], card["joint_step"], [t["name"] for t in card["tasks"]]) == ("hard", 8, ["pos", "ner", "sst2"])
+    weights, last = load_file(str(joint / "model.safetensors")), checkpoint(run, 8)
+    assert weights and not [k for k in last if not k.startswith("heads.ptb.") and k not in weights]
+    for key, value in weights.items():
+        torch.testing.assert_close(value, last[key], rtol=0, atol=0)
+    path, source = affinity_export(run, TrainingConfig(**SELECTED), demo["specs"])
+    assert (path, source) == (str(joint), "the run, step 8: every task on one shared encoder")
+    split = affinity_from_export(export, demo["features"], rounds=1, batch_size=4, device="cpu")["matrix"]
+    shared = affinity_from_export(joint, demo["features"], rounds=1, batch_size=4, device="cpu")["matrix"]
+    others = [(i, j) for i in ("pos", "ner", "sst2") for j in ("pos", "ner", "sst2") if i != j]
+    assert all(split[i][j] == 0.0 for i, j in others if i in own or j in own)
+    assert all(shared[i][j] != 0.0 for i, j in others)
+
+
 def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_it_scored_as_well(demo, tmp_path):
     """1 process, ZeRO-0: the multi-task stage (ptb auxiliary) exports each task's best step, sst2's
     fine-tuning stage (sst2's dev split only) starts from sst2's own multi-task weights and exports

@@ -338,8 +338,8 @@ def test_seeded_single_task_runs_give_the_baseline_their_mean_and_the_table_thei
 
 def test_the_quality_benchmark_reports_the_affinity_of_a_multi_task_export(prepared: Any, tiny_encoder: Path,
                                                                             many: Any, tmp_path: Path) -> None:
-    """`--affinity`: the export's task-affinity matrix with the config's settings, a row and a
-    column per exported task, and the heatmap PNG next to --out."""
+    """`--affinity`: the task-affinity matrix with the config's settings where the flow measures it,
+    a row and a column per exported task, and the heatmap PNG next to --out."""
     import torch
     from transformers import AutoTokenizer
 
@@ -349,10 +349,13 @@ def test_the_quality_benchmark_reports_the_affinity_of_a_multi_task_export(prepa
     bench = quality_bench()
     torch.manual_seed(0)
     model = build_model(str(tiny_encoder), prepared.specs, "hard", 0.0)
-    export = write_export(tmp_path / "export", model.state_dict(), model, AutoTokenizer.from_pretrained(tiny_encoder),
-                          {"sharing": "hard", "sharing_params": {}, "dropout": 0.0})
+    # an mtdnn run: measured on its multi-task stage, where the tasks share the encoder
+    write_export(tmp_path / "run" / "stages" / "multitask" / "model", model.state_dict(), model,
+                 AutoTokenizer.from_pretrained(tiny_encoder), {"sharing": "hard", "sharing_params": {}, "dropout": 0.0})
     cfg = many.model_copy(update={"affinity": many.affinity.model_copy(update={"rounds": 1, "batch_size": 4})})
-    report = bench.config_affinity(cfg, str(export), prepared.features, tmp_path / "many.json")
+    report = bench.config_affinity(cfg, tmp_path / "run", many.training, prepared.specs, prepared.features,
+                                   tmp_path / "many.json")
     assert report["method"] == "lookahead" and report["tasks"] == ["stsb", "sst2", "trec"]
+    assert report["source"] == "stage multitask's export"
     assert all(set(row) == {"stsb", "sst2", "trec"} for row in report["matrix"].values())
     assert (tmp_path / "many-affinity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

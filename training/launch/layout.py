@@ -7,6 +7,8 @@
     <stage>/train_metrics.jsonl     rank 0's per-step log
     <stage>/checkpoints/step_N/     checkpoints, unless training.checkpoint_uri puts them elsewhere
     <stage>/model/                  the stage's export
+    <stage>/joint-model/            when per-task selection gave tasks their own encoder copies: the
+                                    stage's newest checkpoint, every task on one shared encoder (task affinity)
 
 A single-stage run is its own stage folder (<stage> = <run>); the stages of a staged schedule live
 in <run>/stages/<name>/. Remote checkpoints go to <checkpoint_uri>/<run folder name>[/<stage>]: the
@@ -44,6 +46,9 @@ class RunLayout:
 
     def stage_export(self, stage: str) -> Path:
         return self.stage_dir(stage) / "model"
+
+    def joint_export(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "joint-model"
 
     def spec_file(self, stage: str) -> Path:
         return self.stage_dir(stage) / "train_spec.json"

@@ -21,6 +21,8 @@ class WorkerSpec(BaseModel):
     checkpoint_dir: str = Field(description="local folder or fsspec URL (s3://...) of this stage's checkpoints")
     checkpoint_staging_dir: str | None = Field(None, description="node-local folder for a remote checkpoint_dir")
     export_dir: str
+    joint_export_dir: str | None = Field(None, description="where to write the newest checkpoint with every task "
+                                         "on one shared encoder, when per-task selection gives tasks their own")
     metrics_file: str
     init_from: str | None = Field(None, description="an export whose weights the model starts from (warm start)")
     init_task: str | None = Field(None, description="the task of init_from whose own weights the model starts from")

@@ -57,6 +57,7 @@ def launch_stage(encoder: EncoderConfig, deepspeed: DeepSpeedConfig, tasks: list
                       features={t: features[t] for t in stage.tasks},
                       dev={t: d for t, d in (dev or {}).items() if t in stage.tasks}, checkpoint_dir=checkpoints,
                       checkpoint_staging_dir=staging, export_dir=str(export_dir),
+                      joint_export_dir=str(layout.joint_export(stage.name)),
                       metrics_file=str(layout.metrics_file(stage.name)), init_from=init_from,
                       init_task=stage.init_task, init_source=init_source, stage=stage.name)
     spec_path = layout.spec_file(stage.name)

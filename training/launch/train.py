@@ -107,3 +107,27 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
     if training.node_rank > 0:
         return exports[stages[-1].name]
     return schedule.assemble(stages, exports, layout.model_dir, log)
+
+
+def affinity_export(run_dir: str | Path, training: TrainingConfig, tasks: list[TaskSpec]) -> tuple[str, str]:
+    """The export the task affinity is measured on, and what it is. Tasks must share an encoder for
+    a step on one to move another's loss: the run's export does not when per-task selection or a
+    fine-tuning stage gave tasks encoders of their own (multi_encoder). So: the joint stage's
+    newest checkpoint on one encoder (`joint-model`, written when selection split the encoder),
+    else that stage's export, else the run's."""
+    from training.model.export import CARD, read_card
+
+    names = [t.name for t in tasks]
+    stages = lookup(SCHEDULES, training.schedule, "schedule").plan(training, names, [t.name for t in tasks if t.auxiliary])
+    joint = next(s for s in stages if s.role == "multitask")
+    layout = RunLayout(Path(run_dir))
+    where = f"stage {joint.name}" if joint.name else "the run"
+    shared = layout.joint_export(joint.name)
+    if (shared / CARD).is_file():
+        return str(shared), f"{where}, step {read_card(shared)['joint_step']}: every task on one shared encoder"
+    export = layout.stage_export(joint.name)
+    if (export / CARD).is_file():
+        card = read_card(export)
+        own = card["sharing_params"].get("task_encoders", []) if card["sharing"] == "multi_encoder" else []
+        return str(export), f"{where}'s export" + (f" (own encoders for {own}: zero off their diagonal)" if own else "")
+    return str(layout.model_dir), "the run's export"

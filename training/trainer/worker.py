@@ -158,6 +158,8 @@ def export_selected(spec: WorkerSpec, engine: Any, store: Any, selection: Any, m
     states = {step: engine.checkpoint_weights(store, tag_for(step)) for step in sorted(set(steps.values()))}
     state, own = assemble(states, steps)
     cfg = spec.training
+    if own and spec.joint_export_dir:  # first: a stage with its export is never run again
+        export_joint(spec, engine, store, model, tokenizer)
     sharing, params = ("multi_encoder", {"task_encoders": own}) if own else (cfg.sharing, cfg.sharing_params)
     write_model(spec, state, model, tokenizer, sharing, params,
                 {"selection": {**selection.card(), "eval_every": cfg.eval_every,
@@ -165,8 +167,19 @@ def export_selected(spec: WorkerSpec, engine: Any, store: Any, selection: Any, m
     print(f"selected steps {steps}" + (f"; own encoders for {own}" if own else ""), flush=True)
 
 
+def export_joint(spec: WorkerSpec, engine: Any, store: Any, model: torch.nn.Module, tokenizer: Any) -> None:
+    """The newest checkpoint as a model with one encoder shared by every task (rank 0): where
+    per-task selection gave tasks encoder copies of their own, a step on one task moves no other
+    task's loss in the export, so the task affinity is measured on this instead."""
+    tag = store.latest()
+    step = int(tag.rsplit("_", 1)[1])
+    cfg = spec.training
+    write_model(spec, engine.checkpoint_weights(store, tag), model, tokenizer, cfg.sharing, cfg.sharing_params,
+                {"joint_step": step}, export_dir=spec.joint_export_dir)
+
+
 def write_model(spec: WorkerSpec, state: dict[str, torch.Tensor], model: Any, tokenizer: Any, sharing: str,
-                params: dict[str, Any], extra: dict[str, Any]) -> None:
+                params: dict[str, Any], extra: dict[str, Any], export_dir: str | None = None) -> None:
     """Write the export of the exported (not auxiliary) tasks with the given strategy."""
     from training.model.export import state_for, write_export
     from training.model.multitask import build_model_skeleton, resolve_encoder_path
@@ -182,8 +195,9 @@ def write_model(spec: WorkerSpec, state: dict[str, torch.Tensor], model: Any, to
             "max_length": spec.encoder.max_length,
             "steps": cfg.steps, "stage": spec.stage, "init_from": spec.init_source,
             "head_stage": {t.name: spec.stage or "multitask" for t in tasks}, **extra}
-    write_export(spec.export_dir, state, model, tokenizer, card)
-    print(f"exported model to {spec.export_dir}", flush=True)
+    export_dir = export_dir or spec.export_dir
+    write_export(export_dir, state, model, tokenizer, card)
+    print(f"exported model to {export_dir}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
