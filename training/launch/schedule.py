@@ -151,7 +151,7 @@ class MtdnnSchedule:
 
         from training.model.export import CARD, ENCODER_DIR, export_weights, read_card, write_export
         from training.model.multitask import build_model_skeleton
-        from training.model.sharing.multi_encoder import own_encoder_entries
+        from training.model.sharing.multi_encoder import carded_own_encoders, own_encoder_entries
         from training.task_spec import TaskSpec
 
         if (out_dir / CARD).is_file():
@@ -170,7 +170,7 @@ class MtdnnSchedule:
         for task in tuned:
             state.update(own_encoder_entries(task, export_weights(folders[task])))
         # tasks the multi-task stage already gave an encoder copy of their own (per-task selection) keep it
-        own = card["sharing_params"].get("task_encoders", []) if card["sharing"] == "multi_encoder" else []
+        own = carded_own_encoders(card)
         params = {"task_encoders": sorted(set(own) | set(tuned))}
         model = build_model_skeleton(Path(base) / ENCODER_DIR, tasks, "multi_encoder", card.get("dropout", 0.1), params)
         if missing := set(model.state_dict()) - set(state):

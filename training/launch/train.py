@@ -116,6 +116,7 @@ def affinity_export(run_dir: str | Path, training: TrainingConfig, tasks: list[T
     newest checkpoint on one encoder (`joint-model`, written when selection split the encoder),
     else that stage's export, else the run's."""
     from training.model.export import CARD, read_card
+    from training.model.sharing.multi_encoder import carded_own_encoders
 
     names = [t.name for t in tasks]
     stages = lookup(SCHEDULES, training.schedule, "schedule").plan(training, names, [t.name for t in tasks if t.auxiliary])
@@ -127,7 +128,6 @@ def affinity_export(run_dir: str | Path, training: TrainingConfig, tasks: list[T
         return str(shared), f"{where}, step {read_card(shared)['joint_step']}: every task on one shared encoder"
     export = layout.stage_export(joint.name)
     if (export / CARD).is_file():
-        card = read_card(export)
-        own = card["sharing_params"].get("task_encoders", []) if card["sharing"] == "multi_encoder" else []
+        own = carded_own_encoders(read_card(export))
         return str(export), f"{where}'s export" + (f" (own encoders for {own}: zero off their diagonal)" if own else "")
     return str(layout.model_dir), "the run's export"

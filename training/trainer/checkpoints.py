@@ -85,6 +85,11 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def step_of(tag: str) -> int:
+    """The step of a checkpoint tag (the inverse of `tag_for`)."""
+    return int(tag.removeprefix("step_"))
+
+
 def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 

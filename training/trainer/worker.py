@@ -159,7 +159,7 @@ def export_selected(spec: WorkerSpec, engine: Any, store: Any, selection: Any, m
     state, own = assemble(states, steps)
     cfg = spec.training
     if own and spec.joint_export_dir:  # first: a stage with its export is never run again
-        export_joint(spec, engine, store, model, tokenizer)
+        export_joint(spec, engine, store, states, model, tokenizer)
     sharing, params = ("multi_encoder", {"task_encoders": own}) if own else (cfg.sharing, cfg.sharing_params)
     write_model(spec, state, model, tokenizer, sharing, params,
                 {"selection": {**selection.card(), "eval_every": cfg.eval_every,
@@ -167,15 +167,20 @@ def export_selected(spec: WorkerSpec, engine: Any, store: Any, selection: Any, m
     print(f"selected steps {steps}" + (f"; own encoders for {own}" if own else ""), flush=True)
 
 
-def export_joint(spec: WorkerSpec, engine: Any, store: Any, model: torch.nn.Module, tokenizer: Any) -> None:
+def export_joint(spec: WorkerSpec, engine: Any, store: Any, loaded: dict[int, dict[str, torch.Tensor]],
+                 model: torch.nn.Module, tokenizer: Any) -> None:
     """The newest checkpoint as a model with one encoder shared by every task (rank 0): where
     per-task selection gave tasks encoder copies of their own, a step on one task moves no other
-    task's loss in the export, so the task affinity is measured on this instead."""
+    task's loss in the export, so the task affinity is measured on this instead. `loaded`: the
+    selected steps' weights, already read (the newest step is often one of them)."""
+    from training.trainer.checkpoints import step_of
+
     tag = store.latest()
-    step = int(tag.rsplit("_", 1)[1])
+    step = step_of(tag)
+    state = loaded[step] if step in loaded else engine.checkpoint_weights(store, tag)
     cfg = spec.training
-    write_model(spec, engine.checkpoint_weights(store, tag), model, tokenizer, cfg.sharing, cfg.sharing_params,
-                {"joint_step": step}, export_dir=spec.joint_export_dir)
+    write_model(spec, state, model, tokenizer, cfg.sharing, cfg.sharing_params, {"joint_step": step},
+                export_dir=spec.joint_export_dir)
 
 
 def write_model(spec: WorkerSpec, state: dict[str, torch.Tensor], model: Any, tokenizer: Any, sharing: str,

@@ -70,6 +70,12 @@ SHARED_PREFIX = "sharing.encoder."
 OWN_PREFIX = "sharing.task_encoders."
 
 
+def carded_own_encoders(card: dict[str, Any]) -> list[str]:
+    """The tasks with an encoder copy of their own in an export, from its model card (none unless
+    its sharing is multi_encoder)."""
+    return list(card["sharing_params"].get("task_encoders", [])) if card["sharing"] == "multi_encoder" else []
+
+
 def own_encoder_entries(task: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`task`'s encoder copy and head in a multi_encoder state dict, taken from a hard-sharing state
     dict (another run's or another step's): its shared encoder becomes the task's own encoder."""
