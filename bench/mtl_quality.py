@@ -181,9 +181,14 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
             rows[SPREAD] = {"scores": rows["single-task (each its own model)"]["spread"], "no_mean": True}
         write_config_results(out, args, primary, rows, settings, time.time() - started)
     if "config" in parts:
-        for seed in seeds if args.seed_config else seeds[:1]:
-            one(seeded_name(f"{cfg.name} ({', '.join(t.name for t in specs)})", seed, training.seed), specs,
-                training.model_copy(update={"seed": seed}))
+        config_name = f"{cfg.name} ({', '.join(t.name for t in specs)})"
+        config_seeds = seeds if args.seed_config else seeds[:1]
+        for seed in config_seeds:
+            one(seeded_name(config_name, seed, training.seed), specs, training.model_copy(update={"seed": seed}))
+        if len(config_seeds) > 1 and (mean := config_seed_mean(rows, config_name, names, config_seeds, training.seed)):
+            rows[f"{config_name}, mean over seeds"] = mean
+            rows[f"{config_name}, spread over seeds (max - min)"] = {"scores": mean["spread"], "no_mean": True}
+            write_config_results(out, args, primary, rows, settings, time.time() - started)
     if "without-auxiliary" in parts and len(main_specs) < len(specs):
         one(f"{cfg.name} without auxiliary ({', '.join(names)})", main_specs, training)
     print(out.with_suffix(".md").read_text())
@@ -228,6 +233,20 @@ def single_baseline(rows: dict[str, dict[str, Any]], names: list[str], seeds: li
             "seeds": {t: v for t, v in per_task.items()},
             "spread": {t: round(max(v) - min(v), 2) for t, v in per_task.items() if len(v) > 1},
             "steps": sum(rows[f"single-task {t}"]["steps"] for t in names)}
+
+
+def config_seed_mean(rows: dict[str, dict[str, Any]], name: str, names: list[str], seeds: list[int],
+                     default: int) -> dict[str, Any] | None:
+    """The config's runs over seeds as one row, as `single_baseline` for one model per task: per task
+    the mean primary score over the seeds that ran, the scores per seed and their spread; steps are
+    one run's. None unless at least two seeds ran."""
+    runs = [rows[key] for key in (seeded_name(name, seed, default) for seed in seeds) if key in rows]
+    if len(runs) < 2:
+        return None
+    per_task = {t: [run["scores"][t] for run in runs] for t in names}
+    return {"scores": {t: round(sum(v) / len(v), 2) for t, v in per_task.items()},
+            "seeds": per_task, "spread": {t: round(max(v) - min(v), 2) for t, v in per_task.items()},
+            "steps": runs[0]["steps"]}
 
 
 def keep_tasks(cfg: Any, tasks: str | None) -> Any:
@@ -282,7 +301,8 @@ def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str,
     baseline = rows.get("single-task (each its own model)", {})
     single = baseline.get("scores")
     verdict = {name: against_single(row, baseline, names) for name, row in rows.items()
-               if single and not name.startswith("single") and set(names) <= set(row["scores"])}
+               if single and not name.startswith("single") and not row.get("no_mean")
+               and set(names) <= set(row["scores"])}
     result = {"config": args.config, "overrides": dict(args.set), "primary_metrics": primary, "settings": settings,
               "rows": rows, "target": verdict, "wall_s": round(wall_s, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-tasks", default=None,
                         help="with --seeds, the tasks whose single-task runs are repeated (default: every main task)")
     parser.add_argument("--seed-config", action="store_true",
-                        help="with --seeds, repeat the config's run per seed as well")
+                        help="with --seeds, repeat the config's run per seed as well; the table adds the "
+                             "config's mean over seeds (checked against the targets) and its spread")
     parser.add_argument("--affinity", action="store_true",
                         help="with --config, the task-affinity matrix of each multi-task export (JSON, the "
                              "markdown and a heatmap PNG next to --out)")

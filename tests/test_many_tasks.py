@@ -8,7 +8,9 @@ head's standardised target, and the quality benchmark's table for any number of 
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +336,29 @@ def test_seeded_single_task_runs_give_the_baseline_their_mean_and_the_table_thei
     table = bench.markdown({"pos": "accuracy", "rte": "accuracy"},
                            {"single-task (each its own model)": base, bench.SPREAD: {"scores": base["spread"], "no_mean": True}})
     assert table.splitlines()[-1] == f"| {bench.SPREAD} | - | 3.00 | - |"
+
+
+def test_the_configs_runs_over_seeds_are_one_row_checked_against_the_targets(tmp_path: Path) -> None:
+    """`--seed-config`: the config's seeded runs give a mean row (checked against one model per task)
+    and a spread row (not checked); one seed alone gives neither."""
+    bench = quality_bench()
+    runs = {"many (pos, rte)": {"scores": {"pos": 96.0, "rte": 63.0}, "steps": 2400},
+            "many (pos, rte) (seed 43)": {"scores": {"pos": 96.4, "rte": 66.0}, "steps": 2400}}
+    assert bench.config_seed_mean(runs, "many (pos, rte)", ["pos", "rte"], [42], 42) is None
+    assert bench.config_seed_mean(runs, "many (pos, rte)", ["pos", "rte"], [43, 44], 42) is None  # one of them ran
+    mean = bench.config_seed_mean(runs, "many (pos, rte)", ["pos", "rte"], [42, 43, 44], 42)
+    assert mean == {"scores": {"pos": 96.2, "rte": 64.5}, "seeds": {"pos": [96.0, 96.4], "rte": [63.0, 66.0]},
+                    "spread": {"pos": 0.4, "rte": 3.0}, "steps": 2400}
+    rows = {"single-task (each its own model)": {"scores": {"pos": 96.0, "rte": 62.5}, "steps": 2000},
+            **runs, "many (pos, rte), mean over seeds": mean,
+            "many (pos, rte), spread over seeds (max - min)": {"scores": mean["spread"], "no_mean": True}}
+    out = tmp_path / "q.json"
+    args = argparse.Namespace(config="configs/many.yaml", set=[])
+    bench.write_config_results(out, args, {"pos": "accuracy", "rte": "accuracy"}, rows, {}, 1.0)
+    target = json.loads(out.read_text())["target"]
+    assert set(target) == {"many (pos, rte)", "many (pos, rte) (seed 43)", "many (pos, rte), mean over seeds"}
+    assert target["many (pos, rte), mean over seeds"]["gain_over_single"] == {"pos": 0.2, "rte": 2.0}
+    assert "| many (pos, rte), spread over seeds (max - min) | 0.40 | 3.00 | - |" in out.with_suffix(".md").read_text()
 
 
 def test_the_quality_benchmark_reports_the_affinity_of_a_multi_task_export(prepared: Any, tiny_encoder: Path,
