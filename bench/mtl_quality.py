@@ -229,10 +229,13 @@ def single_baseline(rows: dict[str, dict[str, Any]], names: list[str], seeds: li
     scores per seed and their spread (max - min); steps are one model per task's (one seed)."""
     per_task = {t: [rows[key]["scores"][t] for key in (seeded_name(f"single-task {t}", seed, default) for seed in seeds)
                     if key in rows] for t in names}
-    return {"scores": {t: round(sum(v) / len(v), 2) for t, v in per_task.items()},
-            "seeds": {t: v for t, v in per_task.items()},
-            "spread": {t: round(max(v) - min(v), 2) for t, v in per_task.items() if len(v) > 1},
-            "steps": sum(rows[f"single-task {t}"]["steps"] for t in names)}
+    return {**over_seeds(per_task), "steps": sum(rows[f"single-task {t}"]["steps"] for t in names)}
+
+
+def over_seeds(per_task: dict[str, list[float]]) -> dict[str, Any]:
+    """Per task: the mean score over its seeds, the scores and their spread (max - min, where more than one)."""
+    return {"scores": {t: round(sum(v) / len(v), 2) for t, v in per_task.items()}, "seeds": dict(per_task),
+            "spread": {t: round(max(v) - min(v), 2) for t, v in per_task.items() if len(v) > 1}}
 
 
 def config_seed_mean(rows: dict[str, dict[str, Any]], name: str, names: list[str], seeds: list[int],
@@ -243,10 +246,7 @@ def config_seed_mean(rows: dict[str, dict[str, Any]], name: str, names: list[str
     runs = [rows[key] for key in (seeded_name(name, seed, default) for seed in seeds) if key in rows]
     if len(runs) < 2:
         return None
-    per_task = {t: [run["scores"][t] for run in runs] for t in names}
-    return {"scores": {t: round(sum(v) / len(v), 2) for t, v in per_task.items()},
-            "seeds": per_task, "spread": {t: round(max(v) - min(v), 2) for t, v in per_task.items()},
-            "steps": runs[0]["steps"]}
+    return {**over_seeds({t: [run["scores"][t] for run in runs] for t in names}), "steps": runs[0]["steps"]}
 
 
 def keep_tasks(cfg: Any, tasks: str | None) -> Any:
