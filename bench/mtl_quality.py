@@ -185,7 +185,7 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         config_seeds = seeds if args.seed_config else seeds[:1]
         for seed in config_seeds:
             one(seeded_name(config_name, seed, training.seed), specs, training.model_copy(update={"seed": seed}))
-        if len(config_seeds) > 1 and (mean := config_seed_mean(rows, config_name, names, config_seeds, training.seed)):
+        if mean := config_seed_mean(rows, config_name, names, config_seeds, training.seed):
             rows[f"{config_name}, mean over seeds"] = mean
             rows[f"{config_name}, spread over seeds (max - min)"] = {"scores": mean["spread"], "no_mean": True}
             write_config_results(out, args, primary, rows, settings, time.time() - started)

@@ -20,6 +20,7 @@ from engine_support import prepare_tasks
 from helpers import tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.launch.train import train_model
+from training.model.sharing.multi_encoder import carded_own_encoders
 from training.trainer.checkpoints import tag_for
 
 PRIMARY = {"pos": "accuracy", "ner": "entity_f1", "sst2": "accuracy"}
@@ -260,7 +261,7 @@ def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_i
     stage_card = json.loads((stages / "multitask" / "model" / "mtl_model.json").read_text())
     assert stage_card["selection"]["mode"] == "per_task"
     assert {t: c["step"] for t, c in stage_card["selection"]["tasks"].items()} == best
-    own = stage_card["sharing_params"].get("task_encoders", []) if stage_card["sharing"] == "multi_encoder" else []
+    own = carded_own_encoders(stage_card)
     (tuned,) = [r for r in rows(stages / "finetune-sst2") if "eval" in r]
     multitask_sst2 = stage_card["selection"]["tasks"]["sst2"]["score"]
     kept = tuned["eval"]["sst2"]["accuracy"] >= multitask_sst2
