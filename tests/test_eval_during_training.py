@@ -249,8 +249,10 @@ def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_i
     fine-tuning stage (sst2's dev split only) starts from sst2's own multi-task weights and exports
     its best step, and the assembly keeps those only if they scored at least the multi-task stage's
     best for sst2; the card says per task which stage and step its weights come from."""
-    export = train(demo, tmp_path, 0, steps=6, eval_every=2, processes=1, log_every=2, learning_rate=0.02,
-                   schedule="mtdnn", schedule_params={"finetune_tasks": ["sst2"], "finetune_steps": 2})
+    stage_settings = {"steps": 6, "eval_every": 2, "eval_max_examples": 30, "processes": 1, "log_every": 2,
+                      "learning_rate": 0.02, "schedule": "mtdnn",
+                      "schedule_params": {"finetune_tasks": ["sst2"], "finetune_steps": 2}}
+    export = train(demo, tmp_path, 0, **stage_settings)
     stages = tmp_path / "stages"
     spec = json.loads((stages / "finetune-sst2" / "train_spec.json").read_text())
     assert set(spec["dev"]) == {"sst2"} and [t["name"] for t in spec["tasks"]] == ["sst2"]
@@ -278,3 +280,18 @@ def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_i
     weights = load_file(str(export / "model.safetensors"))
     source = load_file(str((stages / "finetune-sst2" if kept else stages / "multitask") / "model" / "model.safetensors"))
     assert all(torch.equal(weights[k], source[k]) for k in source if k.startswith("heads.sst2."))
+    # each stage's card names the dev sample its scores come from (40 dev examples, 30 drawn)
+    seed = TrainingConfig().seed
+    tuned_card = json.loads((stages / "finetune-sst2" / "model" / "mtl_model.json").read_text())
+    assert stage_card["selection"]["dev_samples"] == {t: {"examples": 30, "seed": seed} for t in ("pos", "ner", "sst2")}
+    assert tuned_card["selection"]["dev_samples"] == {"sst2": {"examples": 30, "seed": seed}}
+    # a fine-tuning stage scored on another seed's sample (its run reused this multi-task stage) is
+    # not compared with it: the assembly refuses, naming the stage and the fix
+    other = tmp_path / "other-seed"
+    (other / "stages").mkdir(parents=True)
+    (other / "stages" / "multitask").symlink_to(stages / "multitask")
+    with pytest.raises(ValueError, match=rf"stage finetune-sst2 chose its weights on another dev sample of sst2 "
+                                         rf"\(30 examples drawn with seed {seed + 1}\) than stage multitask \(30 "
+                                         rf"examples drawn with seed {seed}\).*same training.seed"):
+        train(demo, other, 0, **{**stage_settings, "seed": seed + 1})
+    assert not (other / "model").exists()

@@ -306,6 +306,25 @@ def test_the_mtdnn_assembly_keeps_fine_tuning_only_where_it_scored_at_least_the_
     assert chosen["rte"]["finetune_score"] == 0.58 and "finetune_score" not in chosen["pos"]
 
 
+def test_the_mtdnn_assembly_compares_scores_only_on_the_same_dev_sample():
+    from training.launch.schedule import sample_mismatches
+
+    def card(**samples):
+        return {"selection": {"tasks": {}, "dev_samples": samples}}
+
+    drawn, whole = {"examples": 400, "seed": 42}, {"examples": 250, "seed": None}
+    base = card(pos=drawn, rte=whole)
+    assert sample_mismatches(base, {"pos": card(pos=drawn), "rte": card(rte=whole)}) == []
+    (problem,) = sample_mismatches(base, {"pos": card(pos={"examples": 400, "seed": 43}), "rte": card(rte=whole)})
+    assert problem.startswith("stage finetune-pos chose its weights on another dev sample of pos (400 examples drawn "
+                              "with seed 43) than stage multitask (400 examples drawn with seed 42)")
+    (problem,) = sample_mismatches(card(rte={"examples": 200, "seed": 42}), {"rte": card(rte=whole)})
+    assert "(the whole split, 250 examples) than stage multitask (200 examples drawn with seed 42)" in problem
+    # cards written before samples were recorded are not checked
+    assert sample_mismatches({"selection": {"tasks": {}}}, {"pos": card(pos=drawn)}) == []
+    assert sample_mismatches(base, {"pos": {"selection": {"tasks": {}}}}) == []
+
+
 def test_a_fine_tuning_stage_starts_from_its_tasks_own_encoder_copy():
     from training.model.sharing.multi_encoder import own_encoder_entries, task_view
 

@@ -160,6 +160,8 @@ class MtdnnSchedule:
         folders = {s.tasks[0]: exports[s.name] for s in stages if s.role == "finetune"}
         card = read_card(base)
         tuned_cards = {t: read_card(f) for t, f in folders.items()}
+        if problems := sample_mismatches(card, tuned_cards):
+            raise ValueError("; ".join(problems))
         tuned = kept_finetuned(card, tuned_cards)
         for task in sorted(set(folders) - set(tuned)):
             log(f"kept the multi-task weights of {task}: its fine-tuning stage scored "
@@ -194,6 +196,30 @@ def kept_finetuned(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]])
         return sorted(tuned_cards)
     return sorted(t for t, card in tuned_cards.items()
                   if card["selection"]["tasks"][t]["score"] >= base["selection"]["tasks"][t]["score"])
+
+
+def sample_mismatches(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> list[str]:
+    """Fine-tuned tasks whose stage chose its weights on other dev examples than the multi-task
+    stage did: their scores cannot decide which weights to keep. A run's stages share one seed and
+    `eval_max_examples`, so only stages reused from runs with other settings differ. Cards written
+    before the sample was recorded are not checked."""
+    if "dev_samples" not in base.get("selection", {}):
+        return []
+    problems = []
+    for task, card in sorted(tuned_cards.items()):
+        ours, theirs = base["selection"]["dev_samples"].get(task), card["selection"].get("dev_samples", {}).get(task)
+        if ours is not None and theirs is not None and ours != theirs:
+            problems.append(f"stage finetune-{task} chose its weights on another dev sample of {task} "
+                            f"({sample_words(theirs)}) than stage multitask ({sample_words(ours)}), so their "
+                            f"scores cannot be compared: run every stage with the same training.seed and "
+                            f"training.eval_max_examples (remove the stage folder stages/finetune-{task} to "
+                            f"train it again with the multi-task stage's settings)")
+    return problems
+
+
+def sample_words(sample: dict[str, Any]) -> str:
+    return (f"{sample['examples']} examples drawn with seed {sample['seed']}" if sample["seed"] is not None
+            else f"the whole split, {sample['examples']} examples")
 
 
 def assembled_selection(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]],

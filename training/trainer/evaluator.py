@@ -42,8 +42,13 @@ class DevEvaluator:
         self.tasks = exported(tasks)
         if missing := [t.name for t in self.tasks if t.name not in dev_files]:
             raise ValueError(f"training.eval_every needs each task's dev split; none given for {missing}")
-        self.examples = {t.name: dev_sample(read_examples(dev_files[t.name]), cfg.eval_max_examples, cfg.seed, t.name)
-                         for t in self.tasks}
+        self.examples, self.samples = {}, {}
+        for t in self.tasks:
+            split = read_examples(dev_files[t.name])
+            self.examples[t.name] = dev_sample(split, cfg.eval_max_examples, cfg.seed, t.name)
+            # which examples scored the task: the seed drew them unless the whole split was used
+            sampled = len(self.examples[t.name]) < len(split)
+            self.samples[t.name] = {"examples": len(self.examples[t.name]), "seed": cfg.seed if sampled else None}
         self.selection = Selection({t.name: t.primary_metric for t in self.tasks}, cfg.selection, cfg.patience)
         self.engine, self.skeleton, self.log = engine, skeleton, log
         self.tokenizer, self.max_length = tokenizer, max_length

@@ -111,7 +111,7 @@ def train(spec: WorkerSpec) -> None:
         if evaluator is None:
             export(spec, engine, store, tag_for(last), model, tokenizer)
         else:
-            export_selected(spec, engine, store, evaluator.selection, model, tokenizer)
+            export_selected(spec, engine, store, evaluator.selection, model, tokenizer, evaluator.samples)
         dist.barrier()
     finally:
         if dist.is_initialized():
@@ -143,9 +143,11 @@ def export(spec: WorkerSpec, engine: Any, store: Any, tag: str, model: torch.nn.
 
 
 def export_selected(spec: WorkerSpec, engine: Any, store: Any, selection: Any, model: torch.nn.Module,
-                    tokenizer: Any) -> None:
+                    tokenizer: Any, samples: dict[str, dict[str, Any]]) -> None:
     """Each task's weights from its selected step's checkpoint (rank 0): one step for all tasks is
-    the usual model, several a multi_encoder model (see `training.evaluation.selection`)."""
+    the usual model, several a multi_encoder model (see `training.evaluation.selection`). `samples`:
+    the dev sample each task was scored on (`DevEvaluator.samples`), recorded on the card so scores
+    of two stages are compared only when they come from the same examples."""
     import torch.distributed as dist
 
     from training.evaluation.selection import assemble
@@ -163,7 +165,7 @@ def export_selected(spec: WorkerSpec, engine: Any, store: Any, selection: Any, m
     sharing, params = ("multi_encoder", {"task_encoders": own}) if own else (cfg.sharing, cfg.sharing_params)
     write_model(spec, state, model, tokenizer, sharing, params,
                 {"selection": {**selection.card(), "eval_every": cfg.eval_every,
-                               "eval_max_examples": cfg.eval_max_examples}})
+                               "eval_max_examples": cfg.eval_max_examples, "dev_samples": samples}})
     print(f"selected steps {steps}" + (f"; own encoders for {own}" if own else ""), flush=True)
 
 
