@@ -668,6 +668,10 @@ CASES: dict[str, Case] = {
     "training.schedule_params(mtdnn).finetune_tasks": Case(["pos"], (Check("planned stages", lambda s: (
         [spec.stage for spec, _ in s.launches]), ["multitask", "finetune-pos"]),),
         key="training.schedule_params.finetune_tasks", also=MTDNN),
+    "training.schedule_params(mtdnn).multitask_learning_rate": Case(3e-5, (
+        Check("multi-task stage spec", lambda s: s.launches[0][0].training.learning_rate),
+        Check("fine-tuning stage spec", lambda s: s.launches[1][0].training.learning_rate, UNCHANGED)),
+        key="training.schedule_params.multitask_learning_rate", also=MTDNN),
     "training.schedule_params(mtdnn).finetune_steps": Case(5, (Check("fine-tuning stage spec", lambda s: (
         s.launches[1][0].training.steps)),), key="training.schedule_params.finetune_steps", also=MTDNN),
     "training.schedule_params(mtdnn).finetune_learning_rates": Case({"sst2": 3e-5}, (Check(

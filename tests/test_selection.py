@@ -269,6 +269,13 @@ def test_mtdnn_fine_tunes_the_tasks_named_at_their_own_learning_rate():
     assert "['pos'] not fine-tuned (fine-tuned tasks: ['rte'])" in untuned
     (negative,) = problems(["pos", "rte"], schedule="mtdnn", schedule_params={"finetune_learning_rates": {"rte": 0}})
     assert negative.startswith("training.schedule_params.finetune_learning_rates.rte: Input should be greater than 0")
+    # the multi-task stage's own rate; the fine-tuning stages keep training.learning_rate
+    training = training.model_copy(update={"schedule_params": {"multitask_learning_rate": 5e-5,
+                                                               "finetune_learning_rates": {"rte": 3e-5}}})
+    assert {s.name: s.training.learning_rate for s in MtdnnSchedule.plan(training, ["pos", "rte", "snli"], ["snli"])} == {
+        "multitask": 5e-5, "finetune-pos": 1e-4, "finetune-rte": 3e-5}
+    (zero,) = problems(["pos", "rte"], schedule="mtdnn", schedule_params={"multitask_learning_rate": 0})
+    assert zero.startswith("training.schedule_params.multitask_learning_rate: Input should be greater than 0")
 
 
 def test_mtdnn_fine_tunes_the_tasks_named_for_their_own_number_of_steps():

@@ -81,6 +81,10 @@ class SingleSchedule:
 class MtdnnParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    multitask_learning_rate: float | None = Field(
+        None, gt=0, description="the multi-task stage's peak learning rate (default: training.learning_rate, which "
+                                "the fine-tuning stages keep): a lower one can keep a task that peaks early in that "
+                                "stage, such as a small NER corpus, from being worn down by the others")
     finetune_tasks: list[str] | None = Field(None, description="tasks fine-tuned in stage 2 (default: all)")
     finetune_steps: int | None = Field(None, gt=0, description="stage-2 steps per task (default: steps / tasks)")
     finetune_learning_rates: dict[str, Annotated[float, Field(gt=0)]] = Field(
@@ -125,7 +129,8 @@ class MtdnnSchedule:
     def plan(cls, training: TrainingConfig, tasks: list[str], auxiliary: list[str]) -> list[Stage]:
         params = MtdnnParams(**training.schedule_params)
         # per-task selection here gives each fine-tuning stage its task's own best multi-task weights
-        first = training.model_copy(update={"schedule": "single", "schedule_params": {}})
+        first = training.model_copy(update={"schedule": "single", "schedule_params": {},
+                                            "learning_rate": params.multitask_learning_rate or training.learning_rate})
         stages = [Stage(name="multitask", role="multitask", tasks=list(tasks), training=first)]
         main = [t for t in tasks if t not in auxiliary]
         tuned_tasks = fine_tuned_tasks(params.finetune_tasks, tasks, auxiliary)
