@@ -161,7 +161,7 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         steps = total_steps(tcfg, [t.name for t in tasks], [t.name for t in tasks if t.auxiliary])
         rows[name] = {"scores": scores, "metrics": percent(metrics), "chosen": chosen, "steps": steps,
                       "wall_s": round(time.time() - begun, 1)}
-        settings[name] = settings_line(tcfg, tasks)
+        settings[name] = run_settings(work / name, tasks)
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
         if args.affinity and len(exported(tasks)) > 1:
             rows[name]["affinity"] = config_affinity(cfg, work / name, tcfg, tasks, prepared.features, out)
@@ -285,14 +285,35 @@ def total_steps(training: TrainingConfig, tasks: list[str], auxiliary: list[str]
     return sum(stage.training.steps for stage in SCHEDULES[training.schedule].plan(training, tasks, auxiliary))
 
 
-def settings_line(t: TrainingConfig, tasks: list[TaskSpec]) -> str:
+def settings_line(t: TrainingConfig, tasks: list[TaskSpec], plan: str | None = None) -> str:
+    """A run's settings in one line; `plan` (a staged run's stages, steps and rates) replaces the
+    schedule, steps and rate of `t`."""
     aux = [x.name for x in tasks if x.auxiliary]
-    return (f"schedule {t.schedule} {json.dumps(t.schedule_params)}, {t.steps} steps x {t.micro_batch_size}, lr "
-            f"{t.learning_rate}, sharing {t.sharing}, weighting {t.weighting}, sampler {t.sampler}"
+    schedule = plan or (f"schedule {t.schedule} {json.dumps(t.schedule_params)}, {t.steps} steps x "
+                        f"{t.micro_batch_size}, lr {t.learning_rate}")
+    return (f"{schedule}, sharing {t.sharing}, weighting {t.weighting}, sampler {t.sampler}"
             + (f" (tau {t.sampler_temperature})" if t.sampler == "temperature" else "")
             + f", eval_every {t.eval_every} on {t.eval_max_examples or 'all'} dev examples, selection {t.selection}"
             + f", seed {t.seed}"
             + (f", auxiliary {aux}" if aux else ""))
+
+
+def run_settings(run_dir: Path, tasks: list[TaskSpec]) -> str:
+    """The settings a run was trained with, read from its own records (the training spec its
+    workers were handed; a staged run's card for its stages), not from this invocation's config
+    and --set: a run gathered in --work may have been trained with others."""
+    from training.launch.layout import SINGLE
+    from training.model.export import read_card
+
+    layout = RunLayout(run_dir)
+    schedule = read_card(layout.model_dir).get("schedule", {})
+    stages = schedule.get("stages")
+    first = SINGLE if not stages else stages[0]["name"]
+    training = TrainingConfig.model_validate(json.loads(layout.spec_file(first).read_text())["training"])
+    if not stages:
+        return settings_line(training, tasks)
+    plan = "; ".join(f"{s['name']} {s['steps']} steps at lr {s['learning_rate']}" for s in stages)
+    return settings_line(training, tasks, f"schedule {schedule['name']} ({plan}), x {training.micro_batch_size}")
 
 
 def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str, str],

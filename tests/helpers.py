@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import subprocess
@@ -96,3 +97,12 @@ def register_champion(export: Path, folder: Path, model: str, experiment: str) -
                          {"pos": {"accuracy": 0.5}}, {}, "challenger")
     set_champion(uri, model, reg.version)
     return reg
+
+
+def quality_bench() -> Any:
+    """bench/mtl_quality.py as a module (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("mtl_quality", Path(__file__).parent.parent / "bench" / "mtl_quality.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench

@@ -134,8 +134,7 @@ def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
     """configs/quality.yaml (README "Multi-task quality"): SNLI trains in the multi-task stage only,
     every main task is fine-tuned, and the bench's one-model-per-task baselines get by default the
     same total steps as the staged run, or the steps `--single-steps` names."""
-    import importlib.util
-
+    from helpers import quality_bench
     from training.launch.schedule import SCHEDULES
 
     cfg = load_config(ROOT / "configs" / "quality.yaml")
@@ -149,9 +148,7 @@ def test_quality_config_stages_rte_with_snli_as_auxiliary(data_dir):
     rates = {s.name: s.training.learning_rate for s in stages}
     assert rates == {"multitask": 1e-4, "finetune-pos": 1e-4, "finetune-ner": 1e-4, "finetune-sst2": 1e-4,
                      "finetune-rte": 5e-5}  # RTE's own rate, chosen on dev (README)
-    spec = importlib.util.spec_from_file_location("mtl_quality", ROOT / "bench" / "mtl_quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = quality_bench()
     assert [s.training.steps for s in stages] == [3000, 1000, 1000, 1000, 1000]
     single = bench.single_task_training(cfg.training, names, auxiliary)
     assert single.schedule == "single" and single.eval_every == cfg.training.eval_every

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from data_prep.config import TaskDataConfig
 from data_prep.stage import read_examples
 from engine_support import prepare_tasks
-from helpers import tiny_config
+from helpers import quality_bench, tiny_config
 from training.config import DeepSpeedConfig, EncoderConfig, TrainingConfig
 from training.launch.train import train_model
 from training.model.sharing.multi_encoder import carded_own_encoders
@@ -81,7 +81,7 @@ def selected(demo, tmp_path_factory) -> tuple[Path, Path, list[str]]:
     return run, train(demo, run, 2, lines, **SELECTED), lines
 
 
-def test_dev_metrics_are_logged_every_eval_every_steps_for_exported_tasks_only(selected):
+def test_dev_metrics_are_logged_every_eval_every_steps_for_exported_tasks_only(selected, demo):
     run, _, _ = selected
     log = rows(run)
     assert [r["step"] for r in log if "eval" in r] == [2, 4, 6, 8]
@@ -93,6 +93,10 @@ def test_dev_metrics_are_logged_every_eval_every_steps_for_exported_tasks_only(s
         assert set(row["eval"]) == {"pos", "ner", "sst2"}
         assert set(row["eval"]["ner"]) == {"accuracy", "entity_f1"}
         assert set(row["eval"]["sst2"]) == {"accuracy", "macro_f1"}
+    # the quality bench describes a run from the spec its workers were handed
+    assert quality_bench().run_settings(run, demo["specs"]) == (
+        "schedule single {}, 8 steps x 4, lr 0.02, sharing hard, weighting equal, sampler proportional, eval_every 2 "
+        f"on 30 dev examples, selection per_task, seed {TrainingConfig().seed}, auxiliary ['ptb']")
 
 
 def test_each_task_is_exported_from_its_best_logged_step(selected):
@@ -285,6 +289,10 @@ def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_i
     tuned_card = json.loads((stages / "finetune-sst2" / "model" / "mtl_model.json").read_text())
     assert stage_card["selection"]["dev_samples"] == {t: {"examples": 30, "seed": seed} for t in ("pos", "ner", "sst2")}
     assert tuned_card["selection"]["dev_samples"] == {"sst2": {"examples": 30, "seed": seed}}
+    # the quality bench describes the staged run from its card's stages, not from the config at hand
+    assert quality_bench().run_settings(tmp_path, demo["specs"]).startswith(
+        "schedule mtdnn (multitask 6 steps at lr 0.02; finetune-sst2 2 steps at lr 0.02), x 4, sharing hard, "
+        "weighting equal, sampler proportional, eval_every 2 on 30 dev examples")
     # a fine-tuning stage scored on another seed's sample (its run reused this multi-task stage) is
     # not compared with it: the assembly refuses, naming the stage and the fix
     other = tmp_path / "other-seed"

@@ -9,7 +9,6 @@ head's standardised target, and the quality benchmark's table for any number of 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from data_prep.config import TaskDataConfig
 from data_prep.errors import IssueCollector
 from data_prep.ingest import ingest_task, read_split, validate_examples
 from flows.config import ConfigError, check_config, load_config, parse_config
+from helpers import quality_bench
 from training.evaluation.metrics import METRICS, metrics_for, task_scores
 from training.task_spec import TaskSpec, spec_for
 
@@ -293,14 +293,6 @@ def test_the_export_keeps_the_target_scale_and_predicts_in_the_targets_units(pre
 
 
 # ------------------------------------------------------------------------------ the quality benchmark
-
-def quality_bench() -> Any:
-    spec = importlib.util.spec_from_file_location("mtl_quality", ROOT / "bench" / "mtl_quality.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
 
 def test_the_quality_table_has_a_column_per_task_headed_by_its_primary_metric(many: Any) -> None:
     bench = quality_bench()
