@@ -145,7 +145,9 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     rows: dict[str, dict[str, Any]] = {}
     settings: dict[str, str] = {}
 
-    def one(name: str, tasks: list[TaskSpec], tcfg: TrainingConfig) -> None:
+    def one(name: str, tasks: list[TaskSpec], tcfg: TrainingConfig, heatmap: str | None = None) -> None:
+        """Train (or find in --work) and evaluate one run; with --affinity, `heatmap` names the PNG
+        suffix of a multi-task run whose affinity matrix is measured."""
         begun = time.time()
         if args.evaluate_only and not (RunLayout(work / name).model_dir / CARD).exists():
             print(f"{name}: left out (--evaluate-only, no exported model in {work / name})", flush=True)
@@ -163,8 +165,9 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
                       "wall_s": round(time.time() - begun, 1)}
         settings[name] = run_settings(work / name, tasks)
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
-        if args.affinity and len(exported(tasks)) > 1:
-            rows[name]["affinity"] = config_affinity(cfg, work / name, tcfg, tasks, prepared.features, out)
+        if args.affinity and heatmap and len(exported(tasks)) > 1:
+            rows[name]["affinity"] = config_affinity(cfg, work / name, tcfg, tasks, prepared.features,
+                                                      out.with_name(out.stem + heatmap))
         write_config_results(out, args, primary, rows, settings, time.time() - started)
 
     parts = set(args.runs.split(","))
@@ -184,29 +187,31 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         config_name = f"{cfg.name} ({', '.join(t.name for t in specs)})"
         config_seeds = seeds if args.seed_config else seeds[:1]
         for seed in config_seeds:
-            one(seeded_name(config_name, seed, training.seed), specs, training.model_copy(update={"seed": seed}))
+            # the affinity of the config's run at its own seed (the other seeds' would overwrite its heatmap)
+            one(seeded_name(config_name, seed, training.seed), specs, training.model_copy(update={"seed": seed}),
+                "-affinity.png" if seed == training.seed else None)
         if mean := config_seed_mean(rows, config_name, names, config_seeds, training.seed):
             rows[f"{config_name}, mean over seeds"] = mean
             rows[f"{config_name}, spread over seeds (max - min)"] = {"scores": mean["spread"], "no_mean": True}
             write_config_results(out, args, primary, rows, settings, time.time() - started)
     if "without-auxiliary" in parts and len(main_specs) < len(specs):
-        one(f"{cfg.name} without auxiliary ({', '.join(names)})", main_specs, training)
+        one(f"{cfg.name} without auxiliary ({', '.join(names)})", main_specs, training, "-affinity-without-auxiliary.png")
     print(out.with_suffix(".md").read_text())
 
 
 def config_affinity(cfg: Any, run_dir: Path, training: TrainingConfig, tasks: list[TaskSpec],
-                    features: dict[str, str], out: Path) -> dict[str, Any]:
+                    features: dict[str, str], png: Path) -> dict[str, Any]:
     """The run's task-affinity matrix with the config's `affinity` settings (lookahead unless set
     otherwise), measured where the flow measures it (`affinity_export`: the tasks on one shared
-    encoder); the heatmap goes next to --out (`-affinity.png`)."""
+    encoder); its heatmap is written to `png`."""
     from training.release.plots import affinity_heatmap
 
     settings = cfg.affinity if cfg.affinity.method != "off" else cfg.affinity.model_copy(update={"method": "lookahead"})
     export, source = affinity_export(run_dir, training, tasks)
     report = {**affinity_from_export(export, features, settings.method, settings.rounds, settings.batch_size),
               "source": source}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_name(out.stem + "-affinity.png").write_bytes(affinity_heatmap(report["matrix"], report["method"]))
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.write_bytes(affinity_heatmap(report["matrix"], report["method"]))
     return report
 
 
@@ -392,8 +397,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --seeds, repeat the config's run per seed as well; the table adds the "
                              "config's mean over seeds (checked against the targets) and its spread")
     parser.add_argument("--affinity", action="store_true",
-                        help="with --config, the task-affinity matrix of each multi-task export (JSON, the "
-                             "markdown and a heatmap PNG next to --out)")
+                        help="with --config, the task-affinity matrix of the config's export at its own seed "
+                             "(and of the run without auxiliary tasks): JSON, the markdown and a heatmap PNG "
+                             "next to --out")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="with --config, only evaluate the runs already exported in --work (runs of "
                              "separate invocations gathered in one folder); the others are left out, not trained")

@@ -380,7 +380,7 @@ def test_the_quality_benchmark_reports_the_affinity_of_a_multi_task_export(prepa
                  AutoTokenizer.from_pretrained(tiny_encoder), {"sharing": "hard", "sharing_params": {}, "dropout": 0.0})
     cfg = many.model_copy(update={"affinity": many.affinity.model_copy(update={"rounds": 1, "batch_size": 4})})
     report = bench.config_affinity(cfg, tmp_path / "run", many.training, prepared.specs, prepared.features,
-                                   tmp_path / "many.json")
+                                   tmp_path / "many-affinity.png")
     assert report["method"] == "lookahead" and report["tasks"] == ["stsb", "sst2", "trec"]
     assert report["source"] == "stage multitask's export"
     assert all(set(row) == {"stsb", "sst2", "trec"} for row in report["matrix"].values())
