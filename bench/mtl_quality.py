@@ -160,10 +160,9 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         card = read_card(export)
         chosen = {t: {k: v for k, v in e.items() if k in ("step", "stage", "score")}
                   for t, e in card.get("selection", {}).get("tasks", {}).items()}
-        steps = total_steps(tcfg, [t.name for t in tasks], [t.name for t in tasks if t.auxiliary])
+        settings[name], steps = run_settings(work / name, tasks)
         rows[name] = {"scores": scores, "metrics": percent(metrics), "chosen": chosen, "steps": steps,
                       "wall_s": round(time.time() - begun, 1)}
-        settings[name] = run_settings(work / name, tasks)
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
         if args.affinity and heatmap and len(exported(tasks)) > 1:
             rows[name]["affinity"] = config_affinity(cfg, work / name, tcfg, tasks, prepared.features,
@@ -303,10 +302,10 @@ def settings_line(t: TrainingConfig, tasks: list[TaskSpec], plan: str | None = N
             + (f", auxiliary {aux}" if aux else ""))
 
 
-def run_settings(run_dir: Path, tasks: list[TaskSpec]) -> str:
-    """The settings a run was trained with, read from its own records (the training spec its
-    workers were handed; a staged run's card for its stages), not from this invocation's config
-    and --set: a run gathered in --work may have been trained with others."""
+def run_settings(run_dir: Path, tasks: list[TaskSpec]) -> tuple[str, int]:
+    """The settings line and the total steps a run was trained with, read from its own records (the
+    training spec its workers were handed; a staged run's card for its stages), not from this
+    invocation's config and --set: a run gathered in --work may have been trained with others."""
     from training.launch.layout import SINGLE
     from training.model.export import read_card
 
@@ -316,9 +315,10 @@ def run_settings(run_dir: Path, tasks: list[TaskSpec]) -> str:
     first = SINGLE if not stages else stages[0]["name"]
     training = TrainingConfig.model_validate(json.loads(layout.spec_file(first).read_text())["training"])
     if not stages:
-        return settings_line(training, tasks)
+        return settings_line(training, tasks), training.steps
     plan = "; ".join(f"{s['name']} {s['steps']} steps at lr {s['learning_rate']}" for s in stages)
-    return settings_line(training, tasks, f"schedule {schedule['name']} ({plan}), x {training.micro_batch_size}")
+    return (settings_line(training, tasks, f"schedule {schedule['name']} ({plan}), x {training.micro_batch_size}"),
+            sum(s["steps"] for s in stages))
 
 
 def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str, str],

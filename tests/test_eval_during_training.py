@@ -96,7 +96,7 @@ def test_dev_metrics_are_logged_every_eval_every_steps_for_exported_tasks_only(s
     # the quality bench describes a run from the spec its workers were handed
     assert quality_bench().run_settings(run, demo["specs"]) == (
         "schedule single {}, 8 steps x 4, lr 0.02, sharing hard, weighting equal, sampler proportional, eval_every 2 "
-        f"on 30 dev examples, selection per_task, seed {TrainingConfig().seed}, auxiliary ['ptb']")
+        f"on 30 dev examples, selection per_task, seed {TrainingConfig().seed}, auxiliary ['ptb']", 8)
 
 
 def test_each_task_is_exported_from_its_best_logged_step(selected):
@@ -290,9 +290,10 @@ def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_i
     assert stage_card["selection"]["dev_samples"] == {t: {"examples": 30, "seed": seed} for t in ("pos", "ner", "sst2")}
     assert tuned_card["selection"]["dev_samples"] == {"sst2": {"examples": 30, "seed": seed}}
     # the quality bench describes the staged run from its card's stages, not from the config at hand
-    assert quality_bench().run_settings(tmp_path, demo["specs"]).startswith(
-        "schedule mtdnn (multitask 6 steps at lr 0.02; finetune-sst2 2 steps at lr 0.02), x 4, sharing hard, "
-        "weighting equal, sampler proportional, eval_every 2 on 30 dev examples")
+    line, steps = quality_bench().run_settings(tmp_path, demo["specs"])
+    assert line.startswith("schedule mtdnn (multitask 6 steps at lr 0.02; finetune-sst2 2 steps at lr 0.02), x 4, "
+                           "sharing hard, weighting equal, sampler proportional, eval_every 2 on 30 dev examples")
+    assert steps == 8
     # a fine-tuning stage scored on another seed's sample (its run reused this multi-task stage) is
     # not compared with it: the assembly refuses, naming the stage and the fix
     other = tmp_path / "other-seed"
