@@ -132,6 +132,9 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     from training.model.multitask import resolve_encoder_path
 
     cfg = keep_tasks(load_config(args.config, dict(args.set)), args.tasks)
+    # each main task's seeds, checked before any data is read
+    seeds_of = task_seeds([t.name for t in cfg.tasks if not t.auxiliary], cfg.training.seed, args.seeds,
+                          args.seed_tasks, args.task_seeds)
     encoder_path = resolve_encoder_path(cfg.encoder.name_or_path)
     started = time.time()
     prepared = prepare_tasks(cfg.tasks, cfg.resolved_data_dir(), encoder_path, cfg.encoder.max_length, cfg.tokenize,
@@ -145,9 +148,11 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
     rows: dict[str, dict[str, Any]] = {}
     settings: dict[str, str] = {}
 
-    def one(name: str, tasks: list[TaskSpec], tcfg: TrainingConfig, heatmap: str | None = None) -> None:
+    def one(name: str, tasks: list[TaskSpec], tcfg: TrainingConfig, heatmap: str | None = None,
+            scored: list[str] | None = None) -> None:
         """Train (or find in --work) and evaluate one run; with --affinity, `heatmap` names the PNG
-        suffix of a multi-task run whose affinity matrix is measured."""
+        suffix of a multi-task run whose affinity matrix is measured; `scored` keeps the scores of
+        some of its tasks only (a run at a seed only those tasks are repeated with)."""
         begun = time.time()
         if args.evaluate_only and not (RunLayout(work / name).model_dir / CARD).exists():
             print(f"{name}: left out (--evaluate-only, no exported model in {work / name})", flush=True)
@@ -155,44 +160,49 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         export = train_model(cfg.encoder, tcfg, cfg.deepspeed, tasks, {t.name: prepared.features[t.name] for t in tasks},
                              work / name, lambda line: print(line, flush=True) if args.verbose else None,
                              dev=prepared.dev)
-        metrics = evaluate_model(export, tasks, prepared.dev, tcfg.eval_batch_size)
-        scores = {t.name: round(100 * metrics[t.name][t.primary_metric], 2) for t in exported(tasks)}
+        kept = [t for t in exported(tasks) if scored is None or t.name in scored]
+        metrics = evaluate_model(export, kept, prepared.dev, tcfg.eval_batch_size)
+        scores = {t.name: round(100 * metrics[t.name][t.primary_metric], 2) for t in kept}
         card = read_card(export)
         chosen = {t: {k: v for k, v in e.items() if k in ("step", "stage", "score")}
                   for t, e in card.get("selection", {}).get("tasks", {}).items()}
         settings[name], steps = run_settings(work / name, tasks)
         rows[name] = {"scores": scores, "metrics": percent(metrics), "chosen": chosen, "steps": steps,
-                      "wall_s": round(time.time() - begun, 1)}
+                      "wall_s": round(time.time() - begun, 1), **({"no_mean": True} if scored else {})}
         print(f"{name}: {scores} ({time.time() - begun:.0f} s)", flush=True)
         if args.affinity and heatmap and len(exported(tasks)) > 1:
             rows[name]["affinity"] = config_affinity(cfg, work / name, tcfg, tasks, prepared.features,
                                                       out.with_name(out.stem + heatmap))
-        write_config_results(out, args, primary, rows, settings, time.time() - started)
+        write_config_results(out, args, primary, rows, settings, time.time() - started, seeds_of)
 
     parts = set(args.runs.split(","))
-    seeds = [training.seed] + [s for s in parse_seeds(args.seeds) if s != training.seed]
-    seeded = set(args.seed_tasks.split(",")) if args.seed_tasks else set(names)
+    seeds = list(dict.fromkeys(s for task in names for s in seeds_of[task]))
     if "single" in parts:
         for seed in seeds:
             for task in main_specs:
-                if seed == training.seed or task.name in seeded:
+                if seed in seeds_of[task.name]:
                     one(seeded_name(f"single-task {task.name}", seed, training.seed), [task],
                         single.model_copy(update={"seed": seed}))
         rows["single-task (each its own model)"] = single_baseline(rows, names, seeds, training.seed)
         if len(seeds) > 1:
             rows[SPREAD] = {"scores": rows["single-task (each its own model)"]["spread"], "no_mean": True}
-        write_config_results(out, args, primary, rows, settings, time.time() - started)
+        write_config_results(out, args, primary, rows, settings, time.time() - started, seeds_of)
     if "config" in parts:
         config_name = f"{cfg.name} ({', '.join(t.name for t in specs)})"
         config_seeds = seeds if args.seed_config else seeds[:1]
         for seed in config_seeds:
+            some = [t for t in names if seed in seeds_of[t]]
+            if len(some) < len(names):  # a seed only some tasks are repeated with: their scores, their fine-tuning
+                one(config_run_name(config_name, seed, training.seed, some, names), specs,
+                    fine_tune_only(training, some).model_copy(update={"seed": seed}), scored=some)
+                continue
             # the affinity of the config's run at its own seed (the other seeds' would overwrite its heatmap)
             one(seeded_name(config_name, seed, training.seed), specs, training.model_copy(update={"seed": seed}),
                 "-affinity.png" if seed == training.seed else None)
-        if mean := config_seed_mean(rows, config_name, names, config_seeds, training.seed):
+        if mean := config_seed_mean(rows, config_name, names, config_seeds, training.seed, seeds_of):
             rows[f"{config_name}, mean over seeds"] = mean
             rows[f"{config_name}, spread over seeds (max - min)"] = {"scores": mean["spread"], "no_mean": True}
-            write_config_results(out, args, primary, rows, settings, time.time() - started)
+            write_config_results(out, args, primary, rows, settings, time.time() - started, seeds_of)
     if "without-auxiliary" in parts and len(main_specs) < len(specs):
         one(f"{cfg.name} without auxiliary ({', '.join(names)})", main_specs, training, "-affinity-without-auxiliary.png")
     print(out.with_suffix(".md").read_text())
@@ -221,6 +231,18 @@ def parse_seeds(text: str | None) -> list[int]:
     return [int(s) for s in text.split(",") if s.strip()] if text else []
 
 
+def task_seeds_item(item: str) -> tuple[str, str]:
+    """`--task-seeds TASK=SEEDS`, e.g. trec=43,44,45."""
+    task, _, seeds = item.partition("=")
+    try:
+        if task.strip() and parse_seeds(seeds):
+            return task.strip(), seeds
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{item!r}: give TASK=SEEDS, a main task and comma-separated integer seeds, "
+                                     f"e.g. trec=43,44,45")
+
+
 def seeded_name(base: str, seed: int, default: int) -> str:
     """A run's name: the config's own seed keeps the plain name (so runs trained before seeds were
     asked for are found in --work and only evaluated), another seed is named."""
@@ -243,14 +265,53 @@ def over_seeds(per_task: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def config_seed_mean(rows: dict[str, dict[str, Any]], name: str, names: list[str], seeds: list[int],
-                     default: int) -> dict[str, Any] | None:
+                     default: int, seeds_of: dict[str, list[int]] | None = None) -> dict[str, Any] | None:
     """The config's runs over seeds as one row, as `single_baseline` for one model per task: per task
-    the mean primary score over the seeds that ran, the scores per seed and their spread; steps are
-    one run's. None unless at least two seeds ran."""
-    runs = [rows[key] for key in (seeded_name(name, seed, default) for seed in seeds) if key in rows]
+    the mean primary score over the seeds that ran for it (`seeds_of`: a task's own seeds, see
+    `task_seeds`), the scores per seed and their spread; steps are the config's own seed's run (a
+    seed only some tasks are repeated with fine-tunes only those). None unless at least two seeds ran."""
+    seeds_of = seeds_of or {t: seeds for t in names}
+    keys = [config_run_name(name, seed, default, [t for t in names if seed in seeds_of[t]], names) for seed in seeds]
+    runs = [rows[key] for key in keys if key in rows]
     if len(runs) < 2:
         return None
-    return {**over_seeds({t: [run["scores"][t] for run in runs] for t in names}), "steps": runs[0]["steps"]}
+    return {**over_seeds({t: [run["scores"][t] for run in runs if t in run["scores"]] for t in names}),
+            "steps": runs[0]["steps"]}
+
+
+def config_run_name(name: str, seed: int, default: int, some: list[str], names: list[str]) -> str:
+    """The config's run at a seed: as `seeded_name`, naming the tasks scored when only some are."""
+    return seeded_name(name, seed, default) if len(some) == len(names) else f"{name} (seed {seed}: {', '.join(some)})"
+
+
+def task_seeds(names: list[str], default: int, seeds: str | None, seed_tasks: str | None,
+               per_task: list[tuple[str, str]]) -> dict[str, list[int]]:
+    """Each main task's seeds: the config's own first, then `--seeds` for the tasks of `--seed-tasks`
+    (default: every main task), and `--task-seeds TASK=SEEDS` for a task that wants more (a small dev
+    split whose noise needs more seeds to decide a few tenths of a point)."""
+    seeded = set(seed_tasks.split(",")) if seed_tasks else set(names)
+    out = {t: list(dict.fromkeys([default] + (parse_seeds(seeds) if t in seeded else []))) for t in names}
+    for task, more in per_task:
+        if task not in out:
+            raise SystemExit(f"--task-seeds {task}={more}: {task!r} is not a main task of the config; main tasks "
+                             f"are {names}")
+        out[task] = list(dict.fromkeys([default] + parse_seeds(more)))
+    return out
+
+
+def fine_tune_only(training: TrainingConfig, tasks: list[str]) -> TrainingConfig:
+    """The config's training with a staged (mtdnn) schedule's fine-tuning cut to `tasks`: each stage
+    starts from the multi-task stage's weights with the same seed, so those tasks' weights are the
+    whole run's. Other schedules train every task at once: unchanged."""
+    if training.schedule != "mtdnn":
+        return training
+    params = dict(training.schedule_params)
+    named = params.get("finetune_tasks") or tasks
+    params["finetune_tasks"] = [t for t in named if t in tasks]
+    for key in ("finetune_learning_rates", "finetune_task_steps"):
+        if key in params:
+            params[key] = {t: v for t, v in params[key].items() if t in tasks}
+    return training.model_copy(update={"schedule_params": params})
 
 
 def keep_tasks(cfg: Any, tasks: str | None) -> Any:
@@ -322,7 +383,10 @@ def run_settings(run_dir: Path, tasks: list[TaskSpec]) -> tuple[str, int]:
 
 
 def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str, str],
-                         rows: dict[str, dict[str, Any]], settings: dict[str, str], wall_s: float) -> None:
+                         rows: dict[str, dict[str, Any]], settings: dict[str, str], wall_s: float,
+                         seeds_of: dict[str, list[int]] | None = None) -> None:
+    """The comparison's JSON (`task_seeds`: each main task's seeds, in the order of its scores per
+    seed in a mean row) and markdown."""
     names = list(primary)
     baseline = rows.get("single-task (each its own model)", {})
     single = baseline.get("scores")
@@ -330,7 +394,7 @@ def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str,
                if single and not name.startswith("single") and not row.get("no_mean")
                and set(names) <= set(row["scores"])}
     result = {"config": args.config, "overrides": dict(args.set), "primary_metrics": primary, "settings": settings,
-              "rows": rows, "target": verdict, "wall_s": round(wall_s, 1)}
+              "task_seeds": seeds_of, "rows": rows, "target": verdict, "wall_s": round(wall_s, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     md = markdown(primary, rows) + "\n\n" + "\n".join(f"- {k}: {v}" for k, v in settings.items()) + "\n"
@@ -393,6 +457,11 @@ def main(argv: list[str] | None = None) -> None:
                              "repeated per seed; the baseline is their mean and the table adds their spread")
     parser.add_argument("--seed-tasks", default=None,
                         help="with --seeds, the tasks whose single-task runs are repeated (default: every main task)")
+    parser.add_argument("--task-seeds", action="append", default=[], type=task_seeds_item, metavar="TASK=SEEDS",
+                        help="with --config, a main task's own seeds instead of --seeds (repeatable; the "
+                             "config's seed is always one), e.g. --task-seeds trec=43,44,45,46: more seeds for a "
+                             "task whose small dev split is noisy; with --seed-config the config's run at a seed "
+                             "only some tasks have fine-tunes only those (mtdnn) and is scored on those alone")
     parser.add_argument("--seed-config", action="store_true",
                         help="with --seeds, repeat the config's run per seed as well; the table adds the "
                              "config's mean over seeds (checked against the targets) and its spread")
@@ -407,10 +476,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --config, which runs (a run whose model is already in --work is evaluated, "
                              "not trained again)")
     args = parser.parse_args(argv)
-    if (args.set or args.tasks or args.seeds or args.seed_tasks or args.seed_config or args.affinity
-            or args.evaluate_only) and not args.config:
-        parser.error("--set, --tasks, --seeds, --seed-tasks, --seed-config, --affinity and --evaluate-only are for "
-                     "a pipeline config's comparison: give it with --config")
+    if (args.set or args.tasks or args.seeds or args.seed_tasks or args.task_seeds or args.seed_config
+            or args.affinity or args.evaluate_only) and not args.config:
+        parser.error("--set, --tasks, --seeds, --seed-tasks, --task-seeds, --seed-config, --affinity and "
+                     "--evaluate-only are for a pipeline config's comparison: give it with --config")
     if unknown := set(args.runs.split(",")) - set(CONFIG_RUNS):  # before any data is read
         parser.error(f"--runs: unknown run(s) {sorted(unknown)}; choose from {','.join(CONFIG_RUNS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
