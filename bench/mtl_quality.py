@@ -189,17 +189,18 @@ def config_runs(args: argparse.Namespace, out: Path, work: Path) -> None:
         write_config_results(out, args, primary, rows, settings, time.time() - started, seeds_of)
     if "config" in parts:
         config_name = f"{cfg.name} ({', '.join(t.name for t in specs)})"
-        config_seeds = seeds if args.seed_config else seeds[:1]
-        for seed in config_seeds:
-            some = [t for t in names if seed in seeds_of[t]]
-            if len(some) < len(names):  # a seed only some tasks are repeated with: their scores, their fine-tuning
-                one(config_run_name(config_name, seed, training.seed, some, names), specs,
-                    fine_tune_only(training, some).model_copy(update={"seed": seed}), scored=some)
-                continue
+        whole = list(dict.fromkeys([training.seed] + parse_seeds(args.seeds))) if args.seed_config else [training.seed]
+        for seed in whole:
             # the affinity of the config's run at its own seed (the other seeds' would overwrite its heatmap)
             one(seeded_name(config_name, seed, training.seed), specs, training.model_copy(update={"seed": seed}),
                 "-affinity.png" if seed == training.seed else None)
-        if mean := config_seed_mean(rows, config_name, names, config_seeds, training.seed, seeds_of):
+        # a --task-seeds seed beyond --seeds: the run fine-tunes (mtdnn) and scores only the tasks that have it
+        partial = {seed: [t for t in names if seed in seeds_of[t]] for seed in seeds if seed not in whole
+                   } if args.seed_config else {}
+        for seed, some in partial.items():
+            one(config_run_name(config_name, seed, some), specs,
+                fine_tune_only(training, some).model_copy(update={"seed": seed}), scored=some)
+        if mean := config_seed_mean(rows, config_name, names, whole, training.seed, partial):
             rows[f"{config_name}, mean over seeds"] = mean
             rows[f"{config_name}, spread over seeds (max - min)"] = {"scores": mean["spread"], "no_mean": True}
             write_config_results(out, args, primary, rows, settings, time.time() - started, seeds_of)
@@ -265,13 +266,13 @@ def over_seeds(per_task: dict[str, list[float]]) -> dict[str, Any]:
 
 
 def config_seed_mean(rows: dict[str, dict[str, Any]], name: str, names: list[str], seeds: list[int],
-                     default: int, seeds_of: dict[str, list[int]] | None = None) -> dict[str, Any] | None:
+                     default: int, partial: dict[int, list[str]] | None = None) -> dict[str, Any] | None:
     """The config's runs over seeds as one row, as `single_baseline` for one model per task: per task
-    the mean primary score over the seeds that ran for it (`seeds_of`: a task's own seeds, see
-    `task_seeds`), the scores per seed and their spread; steps are the config's own seed's run (a
-    seed only some tasks are repeated with fine-tunes only those). None unless at least two seeds ran."""
-    seeds_of = seeds_of or {t: seeds for t in names}
-    keys = [config_run_name(name, seed, default, [t for t in names if seed in seeds_of[t]], names) for seed in seeds]
+    the mean primary score over the runs that scored it (the whole runs at `seeds`, and the runs at
+    `partial`'s seeds for the tasks they name: `--task-seeds`), the scores per seed and their spread;
+    steps are one whole run's. None unless at least two runs are found."""
+    keys = [seeded_name(name, seed, default) for seed in seeds]
+    keys += [config_run_name(name, seed, some) for seed, some in (partial or {}).items()]
     runs = [rows[key] for key in keys if key in rows]
     if len(runs) < 2:
         return None
@@ -279,24 +280,24 @@ def config_seed_mean(rows: dict[str, dict[str, Any]], name: str, names: list[str
             "steps": runs[0]["steps"]}
 
 
-def config_run_name(name: str, seed: int, default: int, some: list[str], names: list[str]) -> str:
-    """The config's run at a seed: as `seeded_name`, naming the tasks scored when only some are."""
-    return seeded_name(name, seed, default) if len(some) == len(names) else f"{name} (seed {seed}: {', '.join(some)})"
+def config_run_name(name: str, seed: int, some: list[str]) -> str:
+    """The config's run at a seed only some tasks have (`--task-seeds`): named with the tasks it scores."""
+    return f"{name} (seed {seed}: {', '.join(some)})"
 
 
 def task_seeds(names: list[str], default: int, seeds: str | None, seed_tasks: str | None,
-               per_task: list[tuple[str, str]]) -> dict[str, list[int]]:
-    """Each main task's seeds: the config's own first, then `--seeds` for the tasks of `--seed-tasks`
-    (default: every main task), and `--task-seeds TASK=SEEDS` for a task that wants more (a small dev
-    split whose noise needs more seeds to decide a few tenths of a point)."""
+               more: list[tuple[str, str]]) -> dict[str, list[int]]:
+    """Each main task's seeds for its one-model-per-task runs: the config's own, `--seeds` for the
+    tasks of `--seed-tasks` (default: every main task), and `--task-seeds TASK=SEEDS` on top for a
+    task that wants more (a small dev split whose noise needs more seeds to decide a few tenths)."""
     seeded = set(seed_tasks.split(",")) if seed_tasks else set(names)
-    out = {t: list(dict.fromkeys([default] + (parse_seeds(seeds) if t in seeded else []))) for t in names}
-    for task, more in per_task:
+    out = {t: [default] + (parse_seeds(seeds) if t in seeded else []) for t in names}
+    for task, extra in more:
         if task not in out:
-            raise SystemExit(f"--task-seeds {task}={more}: {task!r} is not a main task of the config; main tasks "
+            raise SystemExit(f"--task-seeds {task}={extra}: {task!r} is not a main task of the config; main tasks "
                              f"are {names}")
-        out[task] = list(dict.fromkeys([default] + parse_seeds(more)))
-    return out
+        out[task] += parse_seeds(extra)
+    return {t: list(dict.fromkeys(found)) for t, found in out.items()}
 
 
 def fine_tune_only(training: TrainingConfig, tasks: list[str]) -> TrainingConfig:
@@ -385,8 +386,8 @@ def run_settings(run_dir: Path, tasks: list[TaskSpec]) -> tuple[str, int]:
 def write_config_results(out: Path, args: argparse.Namespace, primary: dict[str, str],
                          rows: dict[str, dict[str, Any]], settings: dict[str, str], wall_s: float,
                          seeds_of: dict[str, list[int]] | None = None) -> None:
-    """The comparison's JSON (`task_seeds`: each main task's seeds, in the order of its scores per
-    seed in a mean row) and markdown."""
+    """The comparison's JSON (`task_seeds`: each main task's seeds of its one-model-per-task runs, in
+    the order of the baseline's scores per seed) and markdown."""
     names = list(primary)
     baseline = rows.get("single-task (each its own model)", {})
     single = baseline.get("scores")
@@ -458,10 +459,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed-tasks", default=None,
                         help="with --seeds, the tasks whose single-task runs are repeated (default: every main task)")
     parser.add_argument("--task-seeds", action="append", default=[], type=task_seeds_item, metavar="TASK=SEEDS",
-                        help="with --config, a main task's own seeds instead of --seeds (repeatable; the "
-                             "config's seed is always one), e.g. --task-seeds trec=43,44,45,46: more seeds for a "
-                             "task whose small dev split is noisy; with --seed-config the config's run at a seed "
-                             "only some tasks have fine-tunes only those (mtdnn) and is scored on those alone")
+                        help="with --config, more seeds for one main task beside --seeds (repeatable), e.g. "
+                             "--task-seeds trec=45,46 for a task whose small dev split is noisy: its single-task "
+                             "runs, and with --seed-config the config's run at each such seed, which fine-tunes "
+                             "(mtdnn) and scores only the tasks that have it; each task's mean is over its runs")
     parser.add_argument("--seed-config", action="store_true",
                         help="with --seeds, repeat the config's run per seed as well; the table adds the "
                              "config's mean over seeds (checked against the targets) and its spread")
