@@ -306,13 +306,19 @@ def fine_tune_only(training: TrainingConfig, tasks: list[str]) -> TrainingConfig
     whole run's. Other schedules train every task at once: unchanged."""
     if training.schedule != "mtdnn":
         return training
-    params = dict(training.schedule_params)
-    named = params.get("finetune_tasks") or tasks
-    params["finetune_tasks"] = [t for t in named if t in tasks]
-    for key in ("finetune_learning_rates", "finetune_task_steps"):
-        if key in params:
-            params[key] = {t: v for t, v in params[key].items() if t in tasks}
+    tuned = [t for t in training.schedule_params.get("finetune_tasks") or tasks if t in tasks]
+    if not tuned:  # the config fine-tunes none of them, and mtdnn reads an empty finetune_tasks as every task
+        return training
+    params = {**per_task_params(training.schedule_params, tuned), "finetune_tasks": tuned}
     return training.model_copy(update={"schedule_params": params})
+
+
+def per_task_params(params: dict[str, Any], wanted: list[str]) -> dict[str, Any]:
+    """A schedule's settings with its per-task ones (task lists, dicts keyed by task: mtdnn's
+    finetune_tasks, finetune_learning_rates, finetune_task_steps) kept for `wanted` only."""
+    return {key: ([t for t in value if t in wanted] if isinstance(value, list) else
+                  {t: v for t, v in value.items() if t in wanted} if isinstance(value, dict) else value)
+            for key, value in params.items()}
 
 
 def keep_tasks(cfg: Any, tasks: str | None) -> Any:
@@ -326,10 +332,7 @@ def keep_tasks(cfg: Any, tasks: str | None) -> Any:
         raise SystemExit(f"--tasks: {unknown} not in the config's tasks {known}")
     if all(t.auxiliary for t in cfg.tasks if t.name in wanted):
         raise SystemExit(f"--tasks: {wanted} are all auxiliary; name at least one main task")
-    params = {key: ([t for t in value if t in wanted] if isinstance(value, list) else
-                    {t: v for t, v in value.items() if t in wanted} if isinstance(value, dict) else value)
-              for key, value in cfg.training.schedule_params.items()}
-    training = cfg.training.model_copy(update={"schedule_params": params})
+    training = cfg.training.model_copy(update={"schedule_params": per_task_params(cfg.training.schedule_params, wanted)})
     return cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.name in wanted], "training": training})
 
 

@@ -394,6 +394,9 @@ def test_a_noisy_task_gets_more_seeds_and_the_configs_runs_at_those_seeds_fine_t
         assert cut[stage].training == full[stage].training and cut[stage].init_task == full[stage].init_task
     assert bench.fine_tune_only(whole.model_copy(update={"schedule": "single", "schedule_params": {}}),
                                 ["trec"]).schedule == "single"  # one stage trains every task: unchanged
+    pos_only = whole.model_copy(update={"schedule_params": {**whole.schedule_params, "finetune_tasks": ["pos"],
+                                                            "finetune_task_steps": {}, "finetune_learning_rates": {}}})
+    assert bench.fine_tune_only(pos_only, ["trec"]) == pos_only  # not [] (mtdnn: every task); TREC keeps its multi-task weights
     # the whole runs at seeds 42-44 give every task's mean; the run at 45 adds to TREC's alone
     name = "many (pos, trec, rte)"
     assert bench.config_run_name(name, 45, ["trec"]) == f"{name} (seed 45: trec)"
