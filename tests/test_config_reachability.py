@@ -555,6 +555,9 @@ TWO_NODES = {"training.nodes": 2, "training.master_port": 29501}
 EVAL = {"training.eval_every": 5}
 MTDNN = {"training.schedule": "mtdnn"}
 S3_CACHE = {"storage.cache": "s3://reach-bucket/cache"}
+# stage cards where sst2's multi-task weights scored above its fine-tuning on the same dev sample
+MULTITASK_HIGHER = ({"selection": {"tasks": {"sst2": {"score": 0.9}}}}, {"sst2": {"selection": {"tasks": {"sst2": {
+    "score": 0.8}}}}})
 
 
 def secret_check(option: str) -> Check:
@@ -680,6 +683,10 @@ CASES: dict[str, Case] = {
     "training.schedule_params(mtdnn).finetune_task_steps": Case({"sst2": 7}, (Check(
         "fine-tuning stage spec", lambda s: [spec.training.steps for spec, _ in s.launches[1:]], [6, 7]),),
         key="training.schedule_params.finetune_task_steps", also=MTDNN),
+    "training.schedule_params(mtdnn).multitask_fallback": Case(False, (Check(
+        "mtdnn assembly: the fine-tuned weights it exports when the multi-task stage scored higher",
+        lambda s: SCHEDULES["mtdnn"].kept(s.cfg.training, *MULTITASK_HIGHER), ["sst2"]),),
+        key="training.schedule_params.multitask_fallback", also=MTDNN),
     "training.sharing": Case("soft", (Check("model sharing strategy", lambda s: type(s.model.sharing).__name__,
                                             "SoftSharing"),)),
     "training.sampler": Case("uniform", (Check("sampler", lambda s: type(s.sampler).__name__, "UniformSampler"),)),

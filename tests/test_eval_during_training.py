@@ -294,6 +294,24 @@ def test_mtdnn_selects_per_task_in_each_stage_and_keeps_fine_tuning_only_where_i
     assert line.startswith("schedule mtdnn (multitask 6 steps at lr 0.02; finetune-sst2 2 steps at lr 0.02), x 4, "
                            "sharing hard, weighting equal, sampler proportional, eval_every 2 on 30 dev examples")
     assert steps == 8
+    # the same stages with sst2's fine-tuning scored below its multi-task weights: the assembly
+    # keeps the multi-task weights, and with multitask_fallback false the fine-tuned ones
+    for fallback, source in ((True, "multitask"), (False, "finetune-sst2")):
+        again = tmp_path / f"fallback-{fallback}"
+        (again / "stages").mkdir(parents=True)
+        (again / "stages" / "multitask").symlink_to(stages / "multitask")
+        shutil.copytree(stages / "finetune-sst2", again / "stages" / "finetune-sst2", symlinks=True)
+        lowered = json.loads((again / "stages" / "finetune-sst2" / "model" / "mtl_model.json").read_text())
+        lowered["selection"]["tasks"]["sst2"]["score"] = multitask_sst2 - 0.1
+        (again / "stages" / "finetune-sst2" / "model" / "mtl_model.json").write_text(json.dumps(lowered))
+        params = {**stage_settings["schedule_params"], "multitask_fallback": fallback}
+        assembled = train(demo, again, 0, **{**stage_settings, "schedule_params": params})
+        sst2 = json.loads((assembled / "mtl_model.json").read_text())["selection"]["tasks"]["sst2"]
+        assert sst2["stage"] == source and (sst2.get("multitask_score"), sst2.get("finetune_score")) == (
+            (None, multitask_sst2 - 0.1) if fallback else (multitask_sst2, None))
+        weights = load_file(str(assembled / "model.safetensors"))
+        source_weights = load_file(str(again / "stages" / source / "model" / "model.safetensors"))
+        assert all(torch.equal(weights[k], source_weights[k]) for k in source_weights if k.startswith("heads.sst2."))
     # a fine-tuning stage scored on another seed's sample (its run reused this multi-task stage) is
     # not compared with it: the assembly refuses, naming the stage and the fix
     other = tmp_path / "other-seed"

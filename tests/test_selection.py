@@ -311,6 +311,13 @@ def test_the_mtdnn_assembly_keeps_fine_tuning_only_where_it_scored_at_least_the_
     assert {t: (c["stage"], c["score"]) for t, c in chosen.items()} == {
         "pos": ("finetune-pos", 0.91), "ner": ("finetune-ner", 0.8), "rte": ("multitask", 0.6)}
     assert chosen["rte"]["finetune_score"] == 0.58 and "finetune_score" not in chosen["pos"]
+    # without the fallback every fine-tuned task keeps its own weights; the card keeps the
+    # multi-task score each was below
+    assert kept_finetuned(base, tuned, fallback=False) == ["ner", "pos", "rte"]
+    chosen = assembled_selection(base["selection"], tuned, ["ner", "pos", "rte"])["tasks"]
+    assert {t: (c["stage"], c["score"]) for t, c in chosen.items()} == {
+        "pos": ("finetune-pos", 0.91), "ner": ("finetune-ner", 0.8), "rte": ("finetune-rte", 0.58)}
+    assert chosen["rte"]["multitask_score"] == 0.6 and "multitask_score" not in chosen["ner"]
 
 
 def test_the_mtdnn_assembly_compares_scores_only_on_the_same_dev_sample():

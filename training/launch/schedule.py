@@ -12,15 +12,17 @@
   encoder and head of its own best multi-task step), each fine-tuning stage exports its task's best
   step, and the assembly keeps, per task, whichever of the two scored higher on the same dev
   sample (the fine-tuned one on ties): fine-tuning that does not help never replaces the
-  multi-task weights.
+  multi-task weights. That comparison leans towards the multi-task weights, whose score is the
+  best of every evaluation of a long stage on those examples against a short fine-tuning's one
+  or two; `multitask_fallback: false` keeps every fine-tuned task's own weights (MT-DNN's rule).
 
 A warm start (`training.init_from`) is not a stage: `train_model` starts every stage without an
 `init_from` of its own (the single stage, mtdnn's multi-task stage) from that model, and the
 fine-tuning stages from the multi-task stage as before.
 
 Contract of a schedule: `Params` (pydantic), `config_problems(training, tasks, auxiliary)`,
-`plan(training, tasks, auxiliary) -> [Stage]` and `assemble(stages, exports, out_dir, log) -> export
-folder`. One registry: `SCHEDULES`.
+`plan(training, tasks, auxiliary) -> [Stage]` and `assemble(training, stages, exports, out_dir, log) ->
+export folder`. One registry: `SCHEDULES`.
 """
 from __future__ import annotations
 
@@ -74,7 +76,8 @@ class SingleSchedule:
         return [Stage(name=SINGLE, role="multitask", tasks=list(tasks), training=training)]
 
     @staticmethod
-    def assemble(stages: list[Stage], exports: dict[str, str], out_dir: Path, log: Log) -> str:
+    def assemble(training: TrainingConfig, stages: list[Stage], exports: dict[str, str], out_dir: Path,
+                 log: Log) -> str:
         return exports[SINGLE]
 
 
@@ -93,6 +96,11 @@ class MtdnnParams(BaseModel):
     finetune_task_steps: dict[str, Annotated[int, Field(gt=0)]] = Field(
         default_factory=dict, description="stage-2 steps for the tasks named (default: finetune_steps): a task the "
                                           "multi-task stage left far from converged, such as a parser, wants more")
+    multitask_fallback: bool = Field(
+        True, description="keep a fine-tuned task's multi-task weights where they scored higher on the selection "
+                          "sample; false exports every fine-tuned task's own weights. The multi-task score is the "
+                          "best of all that stage's evaluations of the same examples, so it reads high against a "
+                          "short fine-tuning's one or two")
 
 
 def fine_tuned_tasks(named: list[str] | None, tasks: list[str], auxiliary: list[str]) -> list[str]:
@@ -148,10 +156,17 @@ class MtdnnSchedule:
         return stages
 
     @staticmethod
-    def assemble(stages: list[Stage], exports: dict[str, str], out_dir: Path, log: Log) -> str:
+    def kept(training: TrainingConfig, base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> list[str]:
+        """The fine-tuned tasks whose own weights the assembly exports, under this run's
+        `multitask_fallback` (see `kept_finetuned`)."""
+        return kept_finetuned(base, tuned_cards, MtdnnParams(**training.schedule_params).multitask_fallback)
+
+    @staticmethod
+    def assemble(training: TrainingConfig, stages: list[Stage], exports: dict[str, str], out_dir: Path,
+                 log: Log) -> str:
         """The multi-task export with each fine-tuned task's encoder copy and head replaced by its
-        stage's weights where that stage scored at least as well on dev (see `kept_finetuned`).
-        Idempotent: an existing assembly is kept."""
+        stage's weights where that stage scored at least as well on dev, or everywhere without
+        `multitask_fallback` (see `kept_finetuned`). Idempotent: an existing assembly is kept."""
         from transformers import AutoTokenizer
 
         from training.model.export import CARD, ENCODER_DIR, export_weights, read_card, write_export
@@ -167,11 +182,12 @@ class MtdnnSchedule:
         tuned_cards = {t: read_card(f) for t, f in folders.items()}
         if problems := sample_mismatches(card, tuned_cards):
             raise ValueError("; ".join(problems))
-        tuned = kept_finetuned(card, tuned_cards)
-        for task in sorted(set(folders) - set(tuned)):
-            log(f"kept the multi-task weights of {task}: its fine-tuning stage scored "
-                f"{tuned_cards[task]['selection']['tasks'][task]['score']:.4f} on dev, below the multi-task "
-                f"stage's {card['selection']['tasks'][task]['score']:.4f}")
+        tuned = MtdnnSchedule.kept(training, card, tuned_cards)
+        for task in sorted(below_multitask(card, tuned_cards)):
+            log(f"kept the {'multi-task' if task not in tuned else 'fine-tuned'} weights of {task}: its fine-tuning "
+                f"stage scored {tuned_cards[task]['selection']['tasks'][task]['score']:.4f} on dev, below the "
+                f"multi-task stage's {card['selection']['tasks'][task]['score']:.4f}"
+                + ("" if task not in tuned else " (multitask_fallback: false)"))
         tasks = [TaskSpec(**t) for t in card.pop("tasks")]
         state = dict(export_weights(base))
         for task in tuned:
@@ -193,14 +209,21 @@ class MtdnnSchedule:
         return str(out_dir)
 
 
-def kept_finetuned(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> list[str]:
+def kept_finetuned(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]], fallback: bool = True) -> list[str]:
     """The fine-tuned tasks whose stage export replaces the multi-task weights: every one without
-    evaluation during training; with it, those whose fine-tuning stage's selected dev score is at
-    least the multi-task stage's for that task (both on the same seeded dev sample)."""
+    evaluation during training or without `fallback`; otherwise those whose fine-tuning stage's
+    selected dev score is at least the multi-task stage's for that task (both on the same seeded
+    dev sample)."""
+    return sorted(set(tuned_cards) - (below_multitask(base, tuned_cards) if fallback else set()))
+
+
+def below_multitask(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> set[str]:
+    """The fine-tuned tasks whose fine-tuning stage scored below the multi-task stage on the same
+    dev sample (none without evaluation during training)."""
     if "selection" not in base:
-        return sorted(tuned_cards)
-    return sorted(t for t, card in tuned_cards.items()
-                  if card["selection"]["tasks"][t]["score"] >= base["selection"]["tasks"][t]["score"])
+        return set()
+    return {t for t, card in tuned_cards.items()
+            if card["selection"]["tasks"][t]["score"] < base["selection"]["tasks"][t]["score"]}
 
 
 def sample_mismatches(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]]) -> list[str]:
@@ -230,12 +253,15 @@ def sample_words(sample: dict[str, Any]) -> str:
 def assembled_selection(base: dict[str, Any], tuned_cards: dict[str, dict[str, Any]],
                         kept: list[str]) -> dict[str, Any]:
     """Per task, the stage and step its weights come from and the dev score that chose them; a task
-    whose fine-tuning was not kept also records that stage's best score."""
+    whose fine-tuning was not kept also records that stage's best score, and one whose fine-tuning
+    was kept below the multi-task stage's score (no `multitask_fallback`) records that score."""
     chosen = {t: {**entry, "stage": "multitask"} for t, entry in base["tasks"].items()}
     for task, card in tuned_cards.items():
         entry = card["selection"]["tasks"][task]
         if task in kept:
-            chosen[task] = {**entry, "stage": f"finetune-{task}"}
+            ours = base["tasks"][task]["score"]
+            chosen[task] = {**entry, "stage": f"finetune-{task}"} | (
+                {"multitask_score": ours} if entry["score"] < ours else {})
         else:
             chosen[task]["finetune_score"] = entry["score"]
     return {**base, "tasks": chosen}

@@ -106,7 +106,7 @@ def train_model(encoder: EncoderConfig, training: TrainingConfig, deepspeed: Dee
             progress(done, total)  # a stage exported earlier, or stopped early by patience, is done
     if training.node_rank > 0:
         return exports[stages[-1].name]
-    return schedule.assemble(stages, exports, layout.model_dir, log)
+    return schedule.assemble(training, stages, exports, layout.model_dir, log)
 
 
 def affinity_export(run_dir: str | Path, training: TrainingConfig, tasks: list[TaskSpec]) -> tuple[str, str]:
