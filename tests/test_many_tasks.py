@@ -59,6 +59,10 @@ def test_many_config_declares_every_head_and_its_primary_metric(many: Any, data_
     assert rates.pop("multitask") == 5e-5 and rates.pop("finetune-stsb") == 2e-4
     assert rates == {f"finetune-{t}": 5e-5 if t in ("wnut17", "trec") else 1e-4 for t in MAIN if t != "stsb"}
     assert sum(s.training.steps for s in stages) == 13_500 <= 1.5 * 1_000 * len(MAIN)
+    assert {s.name: s.training.steps for s in stages} == {
+        "multitask": 6000, **{f"finetune-{t}": 500 if t in ("pos", "rte", "mrpc") else 1000 for t in MAIN}}
+    # every fine-tuned task exports its own weights (the README says why)
+    assert many.training.schedule_params["multitask_fallback"] is False
 
 
 def test_every_task_of_many_reads_its_real_dev_file(many: Any, data_dir: Path) -> None:
