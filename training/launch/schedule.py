@@ -256,12 +256,12 @@ def assembled_selection(base: dict[str, Any], tuned_cards: dict[str, dict[str, A
     whose fine-tuning was not kept also records that stage's best score, and one whose fine-tuning
     was kept below the multi-task stage's score (no `multitask_fallback`) records that score."""
     chosen = {t: {**entry, "stage": "multitask"} for t, entry in base["tasks"].items()}
+    below = below_multitask({"selection": base}, tuned_cards)
     for task, card in tuned_cards.items():
         entry = card["selection"]["tasks"][task]
         if task in kept:
-            ours = base["tasks"][task]["score"]
             chosen[task] = {**entry, "stage": f"finetune-{task}"} | (
-                {"multitask_score": ours} if entry["score"] < ours else {})
+                {"multitask_score": base["tasks"][task]["score"]} if task in below else {})
         else:
             chosen[task]["finetune_score"] = entry["score"]
     return {**base, "tasks": chosen}
